@@ -1,0 +1,110 @@
+"""MNIST rows of the seed's results table (SPEC 0.1, 8), trained with ``fbnn train``.
+
+    python -m experiments.mnist map            # 10 epochs, ~2 min on 2 cores
+    python -m experiments.mnist mc_dropout     # 60 epochs
+    python -m experiments.mnist ensemble       # 10 members x 10 epochs, vmapped
+
+Each run checkpoints every epoch under ``runs/mnist/<row>`` (``--resume`` continues),
+then adds its row to ``results/mnist.json`` and rewrites ``results/mnist.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fbnn import cli
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+# The seed's settings (SPEC 8) as `fbnn train` arguments.
+ROWS = {
+    "map": ["--method", "map", "--optimizer", "sgd", "--lr", "1e-3", "--momentum", "0.5",
+            "--weight-decay", "0", "--batch-size", "100", "--epochs", "10"],
+    "mc_dropout": ["--method", "mc_dropout", "--dropout", "0.5", "--optimizer", "sgd", "--lr", "1e-3",
+                   "--momentum", "0.5", "--weight-decay", "0.01", "--batch-size", "128", "--epochs", "60",
+                   "--eval-samples", "100"],
+    "ensemble": ["--method", "ensemble", "--members", "10", "--resample", "bernoulli", "--fraction", "0.8",
+                 "--optimizer", "sgd", "--lr", "1e-3", "--momentum", "0.5", "--weight-decay", "0",
+                 "--batch-size", "128", "--epochs", "10"],
+}
+
+# The seed's README table (SPEC 0.1): (test log-likelihood summed over 10,000 images, error %).
+SEED = {"map": (-572.9, 1.58), "ensemble": (-496.54, 1.53), "mc_dropout": (-435.458, 1.37),
+        "bbp_gaussian": (-1100.29, 2.60), "bbp_gmm": (-1008.28, 2.38), "bbp_laplace": (-892.85, 2.28),
+        "bbp_lrt": (-1086.43, 2.61), "sgld": (-828.29, 1.76), "psgld": (-661.25, 1.76),
+        "kfac_laplace": (-1387.24, 2.08)}
+
+
+def load_results(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["# MNIST test set (10,000 images)", "",
+             "Log like = sum over the test set of log p(y|x) under the posterior predictive "
+             "(mean of softmax probabilities over samples); error = argmax of that predictive. "
+             "Seed numbers: the README table of the seed repository (SPEC 0.1).", "",
+             "| row | method | error % | log like | seed error % | seed log like | samples | epochs | "
+             "wall (s) | command | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row, r in sorted(results.items()):
+        seed_ll, seed_err = SEED.get(row, (None, None))
+        fmt = (lambda v, f: f.format(v) if v is not None else "–")
+        lines.append(f"| {row} | {r['method']} | {r['error_pct']:.2f} | {r['test_loglik_sum']:.2f} | "
+                     f"{fmt(seed_err, '{:.2f}')} | {fmt(seed_ll, '{:.2f}')} | {r['n_samples']} | "
+                     f"{r['epochs']} | {r['wall_s']:.0f} | `{r['command']}` | {r['commit']} |")
+    return "\n".join(lines) + "\n"
+
+
+def record(row: str, metrics: dict, command: str) -> dict:
+    entry = {"method": metrics["config"]["method"], "error_pct": metrics["error_pct"],
+             "test_loglik_sum": metrics["test_loglik_sum"], "n_samples": metrics["n_samples"],
+             "epochs": metrics["epochs"], "wall_s": metrics["train_wall_s"] + metrics["eval_s"],
+             "command": command, "commit": metrics["commit"],
+             "extra": {k: metrics[k] for k in ("nll_mean", "brier", "ece", "mean_total_entropy",
+                                               "mean_epistemic_entropy", "train_wall_s", "eval_s")},
+             "config": metrics["config"]}
+    path = RESULTS / "mnist.json"
+    results = load_results(path)
+    results[row] = entry
+    cli.write_json_atomic(path, results)
+    (RESULTS / "mnist.md").write_text(markdown_table(results))
+    return entry
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("row", choices=sorted(ROWS))
+    p.add_argument("--runs-dir", default="runs/mnist", help="checkpoints go to RUNS_DIR/<row>")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--members", type=int, default=None, help="ensemble members (default 10)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--no-record", action="store_true", help="do not write results/")
+    args = p.parse_args(argv)
+    command = "python -m experiments.mnist " + " ".join(argv if argv is not None else sys.argv[1:])
+    train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),
+                  "--out", str(Path(args.runs_dir) / args.row)]
+    if args.members is not None:
+        train_args += ["--members", str(args.members)]
+    if args.resume:
+        train_args.append("--resume")
+    if args.data_dir:
+        train_args += ["--data-dir", args.data_dir]
+    ns = cli.parser().parse_args(train_args)
+    ns.command_line = command
+    metrics = cli.cmd_train(ns)
+    if not args.no_record:
+        record(args.row, metrics, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

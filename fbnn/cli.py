@@ -1,0 +1,308 @@
+"""The ``fbnn`` command: ``fbnn train`` and ``fbnn evaluate``.
+
+``train`` builds a model and a method from names and hyperparameters, fits it with
+per-epoch atomic checkpoints (``--resume`` continues one), and writes the run's config
+into the checkpoint so that ``evaluate`` can rebuild everything from the file alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import likelihoods, methods, metrics, models, optim, tree
+from . import random as fr
+from .fit import fit, load_checkpoint
+from .predict import predictive
+
+__all__ = ["main", "build", "load_dataset", "evaluate_run", "write_json_atomic", "git_commit",
+           "METHODS", "CLASSIFICATION_DATASETS", "REGRESSION_DATASETS"]
+
+METHODS = ("map", "mc_dropout", "ensemble")
+CLASSIFICATION_DATASETS = ("mnist", "fashion-mnist")
+REGRESSION_DATASETS = ("toy-homo", "toy-hetero", "housing", "concrete", "energy", "power", "wine", "yacht")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+def load_dataset(name: str, data_dir=None, split: int = 0):
+    """``(x_train, y_train, x_test, y_test, info)`` for a dataset name."""
+    from . import data as fdata
+    if name in CLASSIFICATION_DATASETS:
+        x, y = fdata.load_mnist_like(name, "train", data_dir)
+        xt, yt = fdata.load_mnist_like(name, "test", data_dir)
+        return x, y, xt, yt, {"task": "classification", "n_classes": 10, "y_std": 1.0}
+    if name in ("toy-homo", "toy-hetero"):
+        toy = fdata.gp_toy_data(name.split("-")[1])
+        return toy.x_train, toy.y_train, toy.x_train, toy.y_train, {"task": "regression", "y_std": 1.0}
+    if name in REGRESSION_DATASETS:
+        s = fdata.uci_split(name, split, root=data_dir)
+        return s.x_train, s.y_train, s.x_test, s.y_test, {"task": "regression", "y_std": s.y_std}
+    raise ValueError(f"unknown dataset {name!r}; choose one of "
+                     f"{CLASSIFICATION_DATASETS + REGRESSION_DATASETS}")
+
+
+# --- building models and methods from a config dict -------------------------------------
+
+def _optimizer(cfg: dict):
+    name = cfg["optimizer"]
+    if name == "sgd":
+        return optim.sgd(cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if name == "adam":
+        return optim.adam(cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name == "adamw":
+        return optim.adamw(cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name == "rmsprop":
+        return optim.rmsprop(cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg["momentum"])
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def _model(cfg: dict, n_in: int, n_out: int, regression: bool):
+    if cfg["model"] == "lenet":
+        if regression:
+            raise ValueError("model 'lenet' is for 28x28 classification datasets")
+        return models.lenet(n_out, dropout=cfg["dropout"] or 0.5)
+    if cfg["model"] != "mlp":
+        raise ValueError(f"unknown model {cfg['model']!r}; choose 'mlp' or 'lenet'")
+    sizes = [n_in, *cfg["hidden"], n_out]
+    return models.mlp(sizes, dropout=cfg["dropout"], head="hetero" if regression else None)
+
+
+def build(cfg: dict, n_in: int, n_data: int, n_out: int = 10):
+    """``(model, method)`` from a config dict (as ``train`` stores it)."""
+    regression = cfg["dataset"] in REGRESSION_DATASETS
+    model = _model(cfg, n_in, 1 if regression else n_out, regression)
+    lik = likelihoods.gaussian() if regression else likelihoods.categorical()
+    opt = _optimizer(cfg)
+    name = cfg["method"]
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
+    if name == "mc_dropout" and not cfg["dropout"] and cfg["model"] == "mlp":
+        raise ValueError("method 'mc_dropout' needs --dropout p > 0")
+    kw = {"reduction": cfg["reduction"], "n_data": n_data}
+    inner = (methods.mc_dropout if name == "mc_dropout" or cfg.get("member") == "mc_dropout"
+             else methods.map)(model, lik, opt, **kw)
+    if name == "ensemble":
+        resample = None if cfg["resample"] == "none" else cfg["resample"]
+        return model, methods.ensemble(inner, cfg["members"], resample=resample, n_data=n_data,
+                                       fraction=cfg["fraction"])
+    return model, inner
+
+
+def _init_params(model, method, cfg, key):
+    if cfg["method"] == "ensemble":
+        return methods.init_members(model, key, cfg["members"])
+    return model.init(key)
+
+
+def default_eval_samples(cfg: dict) -> int:
+    if cfg["method"] == "ensemble":
+        return cfg["members"]
+    return 100 if cfg["method"] == "mc_dropout" else 1
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+def evaluate_run(model, method, state, x, y, key, n_samples: int, info: dict) -> dict:
+    """Metrics of the posterior predictive on ``(x, y)``."""
+    t0 = time.perf_counter()
+    if info["task"] == "classification":
+        sample_probs = predictive(method, state, x, key, n_samples)
+        probs = sample_probs.mean(0)
+        total, aleatoric, epistemic = metrics.entropy_decomposition(sample_probs)
+        out = {"error_pct": metrics.error_pct(probs, y), "test_loglik_sum": metrics.test_loglik_sum(probs, y),
+               "nll_mean": metrics.nll_mean(probs, y), "brier": metrics.brier(probs, y),
+               "ece": metrics.ece(probs, y), "mean_total_entropy": float(total.mean()),
+               "mean_epistemic_entropy": float(epistemic.mean())}
+    else:
+        outs = predictive(method, state, x, key, n_samples, probs=False)
+        mean, log_sigma = likelihoods.split_mean_log_sigma(outs)
+        means, stds = mean[..., 0], log_sigma[..., 0].exp()
+        ll = metrics.gaussian_mixture_loglik(means, stds, y)
+        pm, _ = metrics.moment_match(means, stds)
+        out = {"test_loglik": float(ll.mean()) - math.log(info["y_std"]),
+               "rmse": metrics.uci_rmse(pm, y, info["y_std"])}
+    out.update({"n_samples": n_samples, "eval_s": time.perf_counter() - t0})
+    return out
+
+
+# --- files --------------------------------------------------------------------------------
+
+def write_json_atomic(path, obj) -> None:
+    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _check_state_fits(model, method, cfg, state, ckpt_path) -> None:
+    expected = method.init(fr.key(0), _init_params(model, method, cfg, fr.key(0)))
+    got_shapes = [tuple(t.shape) for t in tree.leaves(state) if isinstance(t, torch.Tensor)]
+    want_shapes = [tuple(t.shape) for t in tree.leaves(expected) if isinstance(t, torch.Tensor)]
+    if got_shapes != want_shapes:
+        raise ValueError(f"checkpoint {ckpt_path} does not fit the architecture in its config "
+                         f"({cfg['model']}, hidden {cfg['hidden']}, method {cfg['method']})")
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def _run_config(args) -> dict:
+    return {k: getattr(args, k) for k in (
+        "method", "dataset", "model", "hidden", "dropout", "optimizer", "lr", "momentum",
+        "weight_decay", "reduction", "members", "resample", "fraction", "member", "epochs",
+        "batch_size", "seed", "split")}
+
+
+def cmd_train(args) -> dict:
+    cfg = _run_config(args)
+    x, y, xt, yt, info = load_dataset(args.dataset, args.data_dir, args.split)
+    model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
+    key = fr.key(args.seed)
+    k_init, k_fit, k_eval = fr.split(key, 3)
+    out_dir = Path(args.out)
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and not args.resume:
+        raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+    state = method.init(k_init, _init_params(model, method, cfg, k_init))
+    n_eval = args.eval_samples or default_eval_samples(cfg)
+    result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,
+                      checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
+                      meta={"config": cfg}, description=f"{args.method} {args.dataset}")
+    metrics_out = evaluate_run(model, method, result.state, xt, yt, k_eval, n_eval, info)
+    metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
+                        "epochs": args.epochs, "config": cfg, "commit": git_commit(),
+                        "command": " ".join(["fbnn", *sys.argv[1:]]) if args.command_line is None
+                        else args.command_line})
+    write_json_atomic(out_dir / "metrics.json", metrics_out)
+    print(json.dumps({k: v for k, v in metrics_out.items() if k != "config"}, indent=2))
+    return metrics_out
+
+
+def cmd_evaluate(args) -> dict:
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    cfg = (ckpt.get("meta") or {}).get("config")
+    if cfg is None:
+        raise ValueError(f"checkpoint {path} was not written by `fbnn train` (no config inside)")
+    x, y, xt, yt, info = load_dataset(cfg["dataset"], args.data_dir, cfg["split"])
+    model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
+    _check_state_fits(model, method, cfg, ckpt["state"], path)
+    key = fr.split(fr.key(args.seed if args.seed is not None else cfg["seed"]), 3)[2]
+    out = evaluate_run(model, method, ckpt["state"], xt, yt, key,
+                       args.samples or default_eval_samples(cfg), info)
+    out.update({"epochs_trained": ckpt["epoch"], "checkpoint": str(path)})
+    if args.out:
+        write_json_atomic(args.out, out)
+    print(json.dumps(out, indent=2))
+    return out
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated ints, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden must hold positive ints, got {text!r}")
+    return sizes
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fbnn", description="Bayesian neural networks on torch.func")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with an inference method",
+                       description="Train a model with an inference method; checkpoints every epoch.")
+    t.add_argument("--method", choices=METHODS, required=True)
+    t.add_argument("--dataset", choices=CLASSIFICATION_DATASETS + REGRESSION_DATASETS, required=True)
+    t.add_argument("--split", type=int, default=0, help="UCI split index (standard 20 splits)")
+    t.add_argument("--model", choices=("mlp", "lenet"), default="mlp")
+    t.add_argument("--hidden", type=_hidden, default=[1200, 1200], help="hidden sizes, e.g. 1200,1200")
+    t.add_argument("--dropout", type=float, default=None, help="dropout probability (MC dropout)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (> 0)")
+    t.add_argument("--momentum", type=float, default=0.5)
+    t.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
+    t.add_argument("--reduction", choices=("sum", "mean", "dataset"), default="sum",
+                   help="minibatch loss: summed (the seed's), mean, or N x mean")
+    t.add_argument("--members", type=int, default=10, help="ensemble members")
+    t.add_argument("--member", choices=("map", "mc_dropout"), default="map", help="ensemble member method")
+    t.add_argument("--resample", choices=("none", "bernoulli", "bootstrap"), default="bernoulli")
+    t.add_argument("--fraction", type=float, default=0.8, help="resampling fraction")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-samples", type=int, default=None,
+                   help="posterior samples for the test predictive (default: 1 MAP, 100 MC dropout, "
+                        "members for an ensemble)")
+    t.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.json)")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    t.add_argument("--data-dir", default=None, help="data root (default: $FBNN_DATA or ../shared/data)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train, command_line=None)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint, write metrics JSON",
+                       description="Evaluate a checkpoint written by `fbnn train` on its test set.")
+    e.add_argument("checkpoint", help="checkpoint.pt or the run directory holding it")
+    e.add_argument("--samples", type=int, default=None, help="posterior samples for the predictive")
+    e.add_argument("--seed", type=int, default=None, help="key for the predictive (default: the run's)")
+    e.add_argument("--out", default=None, help="metrics JSON path")
+    e.add_argument("--data-dir", default=None)
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"fbnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

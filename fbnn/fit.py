@@ -1,0 +1,194 @@
+"""The one training driver for every method.
+
+``fit`` runs epochs of key-driven shuffled minibatches through ``method.step``. All
+randomness comes from ``key``: epoch ``e`` shuffles with ``fold_in(key, e)`` and its
+step ``i`` uses a key derived from the same epoch key, so a run is a pure function of
+its inputs. After every epoch it can write a checkpoint atomically (temporary file,
+then rename); ``resume=True`` continues from it and ends bit-identical to an
+uninterrupted run. A non-finite loss stops the run with an error naming the epoch
+and step. A ``Collector`` keeps posterior samples along the way (burn-in, thinning,
+FIFO buffer), for SG-MCMC.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from . import random as fr
+from . import tree
+from .methods.base import Batch, Samples
+
+__all__ = ["fit", "FitResult", "Collector", "save_checkpoint", "load_checkpoint", "epoch_keys"]
+
+
+class FitResult(NamedTuple):
+    state: Any
+    history: list
+    samples: Samples | None
+
+
+class Collector:
+    """Keeps ``method.sample(state, key, 1)`` after chosen epochs (or steps).
+
+    A draw is kept at index ``t`` (0-based epoch, or global step when ``every="step"``)
+    when ``t >= burn_in`` and ``(t - burn_in) % thin == 0``; the buffer keeps the last
+    ``capacity`` draws (all when ``None``).
+    """
+
+    def __init__(self, burn_in: int = 0, thin: int = 1, capacity: int | None = None, every: str = "epoch"):
+        if burn_in < 0 or thin < 1 or (capacity is not None and capacity < 1):
+            raise ValueError(f"Collector: need burn_in >= 0, thin >= 1, capacity >= 1 or None; "
+                             f"got burn_in={burn_in}, thin={thin}, capacity={capacity}")
+        if every not in ("epoch", "step"):
+            raise ValueError(f"Collector: every must be 'epoch' or 'step', got {every!r}")
+        self.burn_in, self.thin, self.capacity, self.every = burn_in, thin, capacity, every
+        self.buffer: collections.deque = collections.deque(maxlen=capacity)
+
+    def wants(self, t: int) -> bool:
+        return t >= self.burn_in and (t - self.burn_in) % self.thin == 0
+
+    def add(self, method, state, key) -> None:
+        draw = method.sample(state, key, 1)
+        self.buffer.append(tree.map(lambda x: x[0].clone(), draw))
+
+    def samples(self) -> Samples | None:
+        return tree.stack(list(self.buffer)) if self.buffer else None
+
+    def validate(self, epochs: int, steps_per_epoch: int) -> None:
+        horizon = epochs if self.every == "epoch" else epochs * steps_per_epoch
+        if self.burn_in >= horizon:
+            raise ValueError(f"Collector: burn_in ({self.burn_in} {self.every}s) is not shorter than "
+                             f"the run ({horizon} {self.every}s); no sample would be kept")
+
+
+def save_checkpoint(path, payload: dict) -> None:
+    """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
+
+
+def epoch_keys(key, epoch: int):
+    """``(shuffle_key, step_key_base)`` for one epoch."""
+    k = fr.split(fr.fold_in(key, epoch), 2)
+    return k[0], k[1]
+
+
+def _batches(n: int, batch_size: int, drop_last: bool):
+    stop = n - n % batch_size if drop_last else n
+    return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
+
+
+def _check_finite(info: dict, epoch: int, step: int, global_step: int) -> float:
+    loss = info["loss"]
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(
+            f"non-finite loss ({loss.tolist()}) at epoch {epoch}, step {step} "
+            f"(global step {global_step}); lower the learning rate or check the data")
+    return float(loss.mean())
+
+
+def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Callable | None = None,
+        eval_every: int = 1, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        collector: Collector | None = None, progress: bool = True, drop_last: bool = False,
+        description: str | None = None, meta: dict | None = None) -> FitResult:
+    """Train ``state`` with ``method`` on ``data = (x, y)`` for ``epochs`` epochs.
+
+    ``eval_fn(state, epoch) -> dict`` runs every ``eval_every`` epochs and its numbers go
+    into the history and the progress bar. ``checkpoint``: a file path written after
+    every epoch; with ``resume=True`` an existing checkpoint is continued (its run
+    settings must match). Returns ``FitResult(state, history, samples)``.
+    """
+    x, y = data
+    n = x.shape[0]
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+    method.check(state, x, y)
+    spans = _batches(n, batch_size, drop_last)
+    if not spans:
+        raise ValueError(f"fit: no full batch of {batch_size} in {n} examples with drop_last=True")
+    if collector is not None:
+        collector.validate(epochs, len(spans))
+    settings = {"method": method.name, "n": n, "batch_size": batch_size, "drop_last": drop_last,
+                "key": key.tolist()}
+
+    history: list = []
+    start_epoch, wall_before = 0, 0.0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("settings") != settings:
+            raise ValueError(f"checkpoint {checkpoint} comes from a different run: "
+                             f"{ckpt.get('settings')} != {settings}")
+        state, history, start_epoch = ckpt["state"], ckpt["history"], ckpt["epoch"]
+        wall_before = ckpt.get("wall_s", 0.0)
+        if collector is not None:
+            collector.buffer.extend(ckpt.get("collected", []))
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=(epochs - start_epoch) * len(spans), disable=not progress,
+               desc=description or method.name, dynamic_ncols=True, mininterval=1.0)
+    for epoch in range(start_epoch, epochs):
+        shuffle_key, step_base = epoch_keys(key, epoch)
+        order = fr.permutation(shuffle_key, n)
+        losses = []
+        t_epoch = time.perf_counter()
+        for i, (lo, hi) in enumerate(spans):
+            idx = order[lo:hi]
+            state, info = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(step_base, i))
+            global_step = epoch * len(spans) + i
+            losses.append(_check_finite(info, epoch, i, global_step))
+            if collector is not None and collector.every == "step" and collector.wants(global_step):
+                collector.add(method, state, fr.fold_in(fr.fold_in(key, global_step), 1 << 20))
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4g}", refresh=False)
+        record = {"epoch": epoch, "loss": sum(losses) / len(losses),
+                  "epoch_s": time.perf_counter() - t_epoch}
+        if collector is not None and collector.every == "epoch" and collector.wants(epoch):
+            collector.add(method, state, fr.fold_in(fr.fold_in(key, epoch), 1 << 21))
+        if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch == epochs - 1):
+            record.update(eval_fn(state, epoch))
+        history.append(record)
+        if progress:
+            bar.write(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in record.items()))
+        bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in record.items()
+                         if k != "epoch_s"})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "state": state, "epoch": epoch + 1, "history": history, "settings": settings,
+                "collected": list(collector.buffer) if collector is not None else [],
+                "wall_s": wall_before + time.perf_counter() - t0, "meta": meta})
+    bar.close()
+    if history:
+        history[-1]["wall_s"] = wall_before + time.perf_counter() - t0
+    return FitResult(state, history, collector.samples() if collector is not None else None)

@@ -1,0 +1,200 @@
+"""Explicit PRNG keys, in the style of ``jax.random``.
+
+A key is an int64 tensor of shape ``(2,)`` holding two 32-bit words. ``split`` and
+``fold_in`` derive new keys by hashing with plain tensor arithmetic, so they work
+under ``vmap`` and ``grad``. Every draw seeds a private ``torch.Generator`` from the
+key: the same key gives bitwise the same numbers, and torch's global RNG is never
+read or changed. Draws carry their own batching rule, so a function that draws
+from a key can be ``vmap``-ed over a batch of keys, and the result equals a Python
+loop over those keys bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "key", "split", "fold_in", "is_key", "seed_of",
+    "normal", "uniform", "bernoulli", "permutation", "gamma", "randint",
+]
+
+_MASK32 = 0xFFFFFFFF
+
+
+def key(seed: int) -> torch.Tensor:
+    """A key ``(2,)`` int64 from a non-negative integer seed (any size; folded to 64 bits)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"key(seed): seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"key(seed): seed must be non-negative, got {seed}")
+    seed &= (1 << 64) - 1
+    return _mix(torch.tensor([seed >> 32, seed & _MASK32], dtype=torch.int64))
+
+
+def is_key(k) -> bool:
+    return isinstance(k, torch.Tensor) and k.dtype == torch.int64 and k.shape[-1:] == (2,)
+
+
+def _check_key(k, who: str) -> None:
+    if not is_key(k):
+        shape = tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__
+        raise TypeError(f"{who}: expected a key (int64 tensor of shape (..., 2), "
+                        f"from fbnn.random.key), got {shape}")
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    # murmur3's 32-bit finaliser on int64 holding uint32 values; products are
+    # masked back to 32 bits (int64 wraps, and the low 32 bits are exact).
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _mix(words: torch.Tensor) -> torch.Tensor:
+    """Two rounds of a two-word hash: ``(..., 2) -> (..., 2)``."""
+    a, b = words[..., 0] & _MASK32, words[..., 1] & _MASK32
+    for c in (0x9E3779B9, 0x7F4A7C15):
+        a = _fmix32(a ^ ((b * 0x27D4EB2F + c) & _MASK32))
+        b = _fmix32(b ^ ((a * 0x165667B1 + c) & _MASK32))
+    return torch.stack([a, b], dim=-1)
+
+
+def fold_in(k: torch.Tensor, data) -> torch.Tensor:
+    """A new key from ``k`` and an integer (or int64 tensor) ``data``: ``(2,) -> (2,)``."""
+    _check_key(k, "fold_in")
+    d = torch.as_tensor(data, dtype=torch.int64) & _MASK32
+    salted = torch.stack([k[..., 0] ^ d, (k[..., 1] + d * 0x2545F491) & _MASK32], dim=-1)
+    return _mix(salted)
+
+
+def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
+    """``num`` independent keys from one: ``(..., 2) -> (..., num, 2)``."""
+    _check_key(k, "split")
+    if num < 1:
+        raise ValueError(f"split: num must be >= 1, got {num}")
+    counters = torch.arange(num, dtype=torch.int64)
+    hi, lo = k[..., 0:1], k[..., 1:2]
+    return _mix(torch.stack([hi ^ counters, (lo + counters * 0x2545F491 + 1) & _MASK32], dim=-1))
+
+
+def seed_of(k: torch.Tensor) -> int:
+    """The 63-bit integer seed of a concrete (unbatched) key."""
+    hi, lo = (int(v) for v in k.tolist())
+    return ((hi << 31) ^ lo) & ((1 << 63) - 1)
+
+
+def _generator(k: torch.Tensor) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_of(k))
+
+
+def _draw_concrete(k, kind, shape, dtype, arg):
+    g = _generator(k)
+    if kind == "normal":
+        return torch.randn(shape, generator=g, dtype=dtype)
+    if kind == "uniform":
+        return torch.rand(shape, generator=g, dtype=dtype)
+    if kind == "permutation":
+        return torch.randperm(shape[0], generator=g)
+    if kind == "randint":
+        return torch.randint(0, arg, shape, generator=g)
+    if kind == "gamma":
+        return _gamma_marsaglia_tsang(g, arg, shape, dtype)
+    raise ValueError(f"unknown draw kind {kind!r}")
+
+
+class _Draw(torch.autograd.Function):
+    """A random draw keyed by a tensor, with a batching rule that loops over keys.
+
+    Under ``vmap`` the key is batched and cannot be read as a number; the rule below
+    unwraps one level, draws per key and stacks, which is exactly what a loop does.
+    """
+
+    @staticmethod
+    def forward(k, kind, shape, dtype, arg):
+        return _draw_concrete(k, kind, shape, dtype, arg)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output)
+
+    @staticmethod
+    def vmap(info, in_dims, k, kind, shape, dtype, arg):
+        dim = in_dims[0]
+        if dim is None:
+            return _Draw.apply(k, kind, shape, dtype, arg), None
+        keys = k.movedim(dim, 0)
+        return torch.stack([_Draw.apply(keys[i], kind, shape, dtype, arg)
+                            for i in range(info.batch_size)]), 0
+
+
+def _shape(shape) -> tuple:
+    if isinstance(shape, int):
+        return (shape,)
+    return tuple(int(s) for s in shape)
+
+
+def _draw(k, kind, shape, dtype=torch.float32, arg=None, who=""):
+    _check_key(k, who)
+    if k.dim() != 1:
+        raise ValueError(f"{who}: expected a single key of shape (2,), got {tuple(k.shape)}; "
+                         "use vmap over keys or split first")
+    return _Draw.apply(k, kind, _shape(shape), dtype, arg)
+
+
+def normal(k, shape, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal draws of ``shape``."""
+    return _draw(k, "normal", shape, dtype, who="normal")
+
+
+def uniform(k, shape, dtype=torch.float32, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Uniform draws on ``[low, high)``."""
+    u = _draw(k, "uniform", shape, dtype, who="uniform")
+    return u if (low, high) == (0.0, 1.0) else low + (high - low) * u
+
+
+def bernoulli(k, p, shape) -> torch.Tensor:
+    """Boolean draws, True with probability ``p`` (a float or a tensor broadcastable to ``shape``)."""
+    if not isinstance(p, torch.Tensor) and not 0.0 <= p <= 1.0:
+        raise ValueError(f"bernoulli: p must be in [0, 1], got {p}")
+    return uniform(k, shape) < p
+
+
+def permutation(k, n: int) -> torch.Tensor:
+    """A random permutation of ``range(n)``: ``(n,)`` int64."""
+    return _draw(k, "permutation", (n,), torch.int64, who="permutation")
+
+
+def randint(k, high: int, shape) -> torch.Tensor:
+    """Integers uniform on ``[0, high)``."""
+    return _draw(k, "randint", shape, torch.int64, arg=int(high), who="randint")
+
+
+def gamma(k, concentration: float, shape, dtype=torch.float32) -> torch.Tensor:
+    """Gamma(concentration, rate=1) draws (Marsaglia & Tsang); divide by a rate as needed."""
+    if not concentration > 0:
+        raise ValueError(f"gamma: concentration must be > 0, got {concentration}")
+    return _draw(k, "gamma", shape, dtype, arg=float(concentration), who="gamma")
+
+
+def _gamma_marsaglia_tsang(g: torch.Generator, a: float, shape, dtype) -> torch.Tensor:
+    boost = a < 1.0
+    d = (a + 1.0 if boost else a) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    n = math.prod(shape)
+    out = torch.empty(n, dtype=torch.float64)
+    filled = 0
+    while filled < n:
+        m = max(2 * (n - filled), 16)
+        x = torch.randn(m, generator=g, dtype=torch.float64)
+        u = torch.rand(m, generator=g, dtype=torch.float64)
+        v = (1.0 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x ** 2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        acc = (d * v)[ok][: n - filled]
+        out[filled: filled + acc.numel()] = acc
+        filled += acc.numel()
+    if boost:
+        out = out * torch.rand(n, generator=g, dtype=torch.float64) ** (1.0 / a)
+    return out.reshape(shape).to(dtype)
