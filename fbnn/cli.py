@@ -189,6 +189,12 @@ def cmd_train(args) -> dict:
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists() and not args.resume:
         raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+    if ckpt.exists():
+        old = (load_checkpoint(ckpt).get("meta") or {}).get("config", {})
+        changed = sorted(k for k in cfg if k != "epochs" and old.get(k) != cfg[k])
+        if changed:
+            raise ValueError(f"--resume: {ckpt} was trained with other settings: "
+                             + ", ".join(f"{k}={old.get(k)!r} (now {cfg[k]!r})" for k in changed))
     state = method.init(k_init, _init_params(model, method, cfg, k_init))
     n_eval = args.eval_samples or default_eval_samples(cfg)
     result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,

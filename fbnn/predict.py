@@ -3,8 +3,8 @@
 ``predict`` vmaps ``model.apply`` over the sample axis, in chunks over samples (and over
 inputs only when one sample over all inputs would not fit), so peak memory stays near a
 budget the caller sets. The budget is turned into chunk sizes by measuring, once, the
-bytes that one forward pass of one input allocates (every op's output counted, an upper
-bound on what is alive at once).
+bytes that a forward pass allocates per sample and per input (every new op output
+counted: an upper bound on what is alive at once).
 """
 from __future__ import annotations
 
@@ -23,33 +23,48 @@ __all__ = ["predict", "predict_probs", "predictive", "forward_bytes", "chunk_siz
 
 
 class _ByteCounter(TorchDispatchMode):
+    """Sums the bytes of every new tensor an op returns (views of inputs are not counted)."""
+
     def __init__(self):
         super().__init__()
         self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        seen = {t.untyped_storage().data_ptr() for t in tree.leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)}
         for t in tree.leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
                 self.bytes += t.numel() * t.element_size()
         return out
 
 
-def forward_bytes(model, params, x1: torch.Tensor, model_state=None, key=None) -> int:
-    """Bytes allocated by all ops of one forward pass on the single input ``x1 (1, ...)``."""
+def _bytes_of_forward(model, params, x, model_state, key) -> int:
     counter = _ByteCounter()
     with torch.no_grad(), counter:
-        model.apply(params, x1, key=key, state=model_state)
-    return max(counter.bytes, 1)
+        model.apply(params, x, key=key, state=model_state)
+    return counter.bytes
 
 
-def chunk_sizes(n_samples: int, n_inputs: int, bytes_per_pair: int, max_bytes: int) -> tuple[int, int]:
-    """``(sample_chunk, input_chunk)`` with ``sample_chunk * input_chunk * bytes_per_pair <= max_bytes``,
-    keeping all inputs together when possible (chunking over samples changes no draw)."""
-    per_sample = bytes_per_pair * n_inputs
+def forward_bytes(model, params, x: torch.Tensor, model_state=None, key=None) -> tuple[int, int]:
+    """``(per_sample, per_input)``: bytes one forward pass allocates, split into a part fixed
+    per parameter sample and a part per input (measured on 1 and 2 inputs of ``x``)."""
+    one = _bytes_of_forward(model, params, x[:1], model_state, key)
+    two = _bytes_of_forward(model, params, x[:1].expand(2, *x.shape[1:]), model_state, key)
+    per_input = max(two - one, 1)
+    return max(one - per_input, 0), per_input
+
+
+def chunk_sizes(n_samples: int, n_inputs: int, bytes_per_sample: int, bytes_per_input: int,
+                max_bytes: int) -> tuple[int, int]:
+    """``(sample_chunk, input_chunk)`` so that a chunk's forward pass allocates at most
+    ``max_bytes`` (at least one sample and one input). All inputs stay together when
+    possible: chunking over samples changes no random draw."""
+    per_sample = bytes_per_sample + bytes_per_input * n_inputs
     if per_sample <= max_bytes:
         return max(1, min(n_samples, max_bytes // per_sample)), n_inputs
-    return 1, max(1, min(n_inputs, max_bytes // bytes_per_pair))
+    room = max(max_bytes - bytes_per_sample, bytes_per_input)
+    return 1, max(1, min(n_inputs, room // bytes_per_input))
 
 
 def _as_samples(samples) -> Samples:
@@ -76,8 +91,8 @@ def predict(model, samples, x: torch.Tensor, *, key=None, transform: Callable | 
     if sample_chunk is None or input_chunk is None:
         first = tree.index(params, 0)
         first_state = tree.index(model_state, 0)
-        per_pair = forward_bytes(model, first, x[:1], first_state, None if keys is None else keys[0])
-        auto_s, auto_b = chunk_sizes(n_samples, n_inputs, per_pair, max_bytes)
+        fixed, per_input = forward_bytes(model, first, x, first_state, None if keys is None else keys[0])
+        auto_s, auto_b = chunk_sizes(n_samples, n_inputs, fixed, per_input, max_bytes)
         sample_chunk = sample_chunk or auto_s
         input_chunk = input_chunk or auto_b
 

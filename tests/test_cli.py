@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from fbnn import cli
+
+
+def _train(tmp_path, *extra, name="run"):
+    out = tmp_path / name
+    argv = ["train", "--method", "map", "--dataset", "toy-hetero", "--hidden", "16", "--optimizer", "adam",
+            "--lr", "1e-2", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--no-progress", *extra]
+    return cli.main(argv), out
+
+
+def test_train_then_evaluate_regression(tmp_path):
+    rc, out = _train(tmp_path)
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"test_loglik", "rmse", "n_samples", "command", "commit"} <= set(metrics)
+    assert cli.main(["evaluate", str(out), "--out", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["test_loglik"] == pytest.approx(metrics["test_loglik"], abs=1e-9)
+
+
+def test_ensemble_and_resume(tmp_path):
+    rc, out = _train(tmp_path, "--method", "ensemble", "--members", "3", "--resample", "bootstrap")
+    assert rc == 0 and json.loads((out / "metrics.json").read_text())["n_samples"] == 3
+    assert _train(tmp_path, "--method", "ensemble", "--members", "3")[0] == 2  # exists, no --resume
+    rc, _ = _train(tmp_path, "--method", "ensemble", "--members", "3", "--resample", "bootstrap",
+                   "--epochs", "3", "--resume")
+    assert rc == 0
+    assert _train(tmp_path, "--method", "ensemble", "--members", "4", "--resample", "bootstrap",
+                  "--epochs", "4", "--resume")[0] == 2  # other settings
+
+
+def test_mnist_classification_smoke(tmp_path):
+    out = tmp_path / "mnist"
+    rc = cli.main(["train", "--method", "mc_dropout", "--dataset", "mnist", "--hidden", "32", "--dropout", "0.5",
+                   "--epochs", "1", "--batch-size", "500", "--eval-samples", "4", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["error_pct"] < 20 and m["n_samples"] == 4 and m["test_loglik_sum"] < 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--method", "bayes_magic", "--dataset", "mnist", "--out", "x"],
+    ["train", "--method", "map", "--dataset", "cifar11", "--out", "x"],
+    ["train", "--method", "map", "--dataset", "mnist", "--lr", "-0.1", "--out", "x"],
+    ["train", "--method", "map", "--dataset", "mnist", "--hidden", "12,a", "--out", "x"],
+])
+def test_bad_arguments_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err or "must be" in err
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    rc = cli.main(["train", "--method", "map", "--dataset", "mnist", "--out", str(tmp_path / "r"),
+                   "--data-dir", str(tmp_path / "nowhere"), "--no-progress"])
+    assert rc == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_mc_dropout_without_dropout_is_refused(tmp_path, capsys):
+    rc = cli.main(["train", "--method", "mc_dropout", "--dataset", "toy-homo", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "--dropout" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_another_architecture(tmp_path, capsys):
+    rc, out = _train(tmp_path)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["meta"]["config"]["hidden"] = [17]
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli.main(["evaluate", str(out)]) == 2
+    assert "does not fit the architecture" in capsys.readouterr().err
+
+
+def test_help_on_every_subcommand(capsys):
+    for sub in ([], ["train"], ["evaluate"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*sub, "--help"])
+        assert exc.value.code == 0
+    assert "--resume" in capsys.readouterr().out

@@ -1,0 +1,147 @@
+import pytest
+import torch
+
+import fbnn
+from fbnn import likelihoods, methods, models, optim, priors, tree
+from fbnn import random as fr
+from fbnn.predict import predictive
+
+
+def _map(model, lr=0.05, **kw):
+    return methods.map(model, likelihoods.categorical(), optim.sgd(lr, momentum=0.9), **kw)
+
+
+def test_map_learns_a_separable_problem(toy_classification):
+    x, y = toy_classification
+    model = models.mlp([8, 32, 3])
+    m = _map(model, lr=0.01)
+    res = fbnn.fit(m, m.init(fr.key(0), model.init(fr.key(0))), (x, y), fr.key(1), epochs=20,
+                   batch_size=32, progress=False)
+    probs = predictive(m, res.state, x, fr.key(2), 1).mean(0)
+    assert (probs.argmax(-1) == y).float().mean() > 0.95
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_reductions_give_proportional_gradients(toy_classification):
+    # sum, mean and dataset reductions all target the same posterior: with a prior, the
+    # losses differ by the constant factors B and N/B, so the gradients do too.
+    x, y = toy_classification
+    model = models.mlp([8, 16, 3])
+    params = model.init(fr.key(0))
+    batch = methods.Batch(x[:32], y[:32])
+    losses = {}
+    for red in ("sum", "mean", "dataset"):
+        m = methods.map(model, likelihoods.categorical(), optim.sgd(1.0), prior=priors.normal(1.0),
+                        n_data=256, reduction=red)
+        st = m.init(fr.key(0), params)
+        new, info = m.step(st, batch, fr.key(1))
+        losses[red] = (info["loss"], tree.sub(params, new.params))  # lr 1: the gradient
+    (ls, gs), (lm, gm), (ld, gd) = losses["sum"], losses["mean"], losses["dataset"]
+    assert torch.allclose(ls, 32 * lm, rtol=1e-5) and torch.allclose(ld, 8 * ls, rtol=1e-5)
+    assert tree.allclose(gs, tree.scale(gm, 32), rtol=1e-4, atol=1e-6)
+    assert tree.allclose(gd, tree.scale(gs, 8), rtol=1e-4, atol=1e-5)
+
+
+def test_prior_needs_dataset_size():
+    with pytest.raises(ValueError, match="n_data"):
+        methods.map(models.mlp([2, 2]), likelihoods.categorical(), optim.sgd(0.1), prior=priors.normal(1.0))
+    with pytest.raises(ValueError, match="unknown reduction"):
+        methods.map(models.mlp([2, 2]), likelihoods.categorical(), optim.sgd(0.1), reduction="avg")
+
+
+def test_mc_dropout_samples_are_keyed_masks(toy_classification):
+    x, y = toy_classification
+    model = models.mlp([8, 64, 3], dropout=0.5)
+    m = methods.mc_dropout(model, likelihoods.categorical(), optim.sgd(0.01, momentum=0.9))
+    st = fbnn.fit(m, m.init(fr.key(0), model.init(fr.key(0))), (x, y), fr.key(1), epochs=3,
+                  batch_size=32, progress=False).state
+    a = predictive(m, st, x, fr.key(5), 20)
+    assert a.shape == (20, 256, 3)
+    assert torch.equal(a, predictive(m, st, x, fr.key(5), 20))
+    assert not torch.equal(a[0], a[1])  # different masks per draw
+    samples = m.sample(st, fr.key(0), 20)
+    assert samples.params["fc0.weight"].shape == (20, 64, 8)
+    assert samples.params["fc0.weight"].stride(0) == 0  # views, no copies
+
+
+def test_ensemble_vmap_equals_a_loop_over_members(toy_classification):
+    x, y = toy_classification
+    model = models.mlp([8, 16, 3])
+    inner = _map(model, lr=0.01)
+    n = 3
+    ens = methods.ensemble(inner, n, resample="bernoulli", n_data=256)
+    params = methods.init_members(model, fr.key(0), n)
+    st = ens.init(fr.key(1), params)
+    batches = [methods.Batch(x[i:i + 32], y[i:i + 32], torch.arange(i, i + 32)) for i in range(0, 96, 32)]
+    step_keys = fr.split(fr.key(2), len(batches))
+    for b, k in zip(batches, step_keys):
+        st, info = ens.step(st, b, k)
+    assert info["loss"].shape == (n,)
+    # the same members trained one at a time with the same keys and weights
+    member_keys = fr.split(fr.split(fr.key(1), 2)[0], n)
+    for j in range(n):
+        s = inner.init(member_keys[j], tree.index(params, j))
+        for b, k in zip(batches, step_keys):
+            w = st.weights[j, b.idx]
+            s, _ = inner.step(s, methods.Batch(b.x, b.y, b.idx, w), fr.split(k, n)[j])
+        assert tree.allclose(s.params, tree.index(st.members.params, j), atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_resampling_weights():
+    model = models.mlp([2, 3, 2])
+    params = methods.init_members(model, fr.key(0), 4)
+    bern = methods.ensemble(_map(model), 4, resample="bernoulli", n_data=10_000, fraction=0.8)
+    w = bern.init(fr.key(1), params).weights
+    assert w.shape == (4, 10_000) and set(w.unique().tolist()) == {0.0, 1.0}
+    assert torch.allclose(w.mean(1), torch.full((4,), 0.8), atol=0.02)
+    assert not torch.equal(w[0], w[1])
+    boot = methods.ensemble(_map(model), 4, resample="bootstrap", n_data=1000, fraction=1.0)
+    w = boot.init(fr.key(1), params).weights
+    assert torch.equal(w.sum(1), torch.full((4,), 1000.0))
+    assert 0.6 < float((w[0] > 0).float().mean()) < 0.66  # 1 - 1/e of the points appear
+
+
+def test_ensemble_bad_arguments():
+    inner = _map(models.mlp([2, 2]))
+    with pytest.raises(ValueError, match="unknown resample"):
+        methods.ensemble(inner, 3, resample="jackknife")
+    with pytest.raises(ValueError, match="n_data"):
+        methods.ensemble(inner, 3, resample="bernoulli")
+    with pytest.raises(ValueError, match="positive int"):
+        methods.ensemble(inner, 0)
+    ens = methods.ensemble(inner, 3)
+    with pytest.raises(ValueError, match="leading axis of size 3"):
+        ens.init(fr.key(0), methods.init_members(models.mlp([2, 2]), fr.key(0), 2))
+    st = ens.init(fr.key(0), methods.init_members(models.mlp([2, 2]), fr.key(0), 3))
+    with pytest.raises(ValueError, match="multiple"):
+        ens.sample(st, fr.key(0), 4)
+
+
+def test_ensemble_of_mc_dropout_nests(toy_classification):
+    x, y = toy_classification
+    model = models.mlp([8, 16, 3], dropout=0.3)
+    inner = methods.mc_dropout(model, likelihoods.categorical(), optim.sgd(0.01))
+    ens = methods.ensemble(inner, 2)
+    st = ens.init(fr.key(0), methods.init_members(model, fr.key(1), 2))
+    st = fbnn.fit(ens, st, (x, y), fr.key(2), epochs=1, batch_size=64, progress=False).state
+    p = predictive(ens, st, x, fr.key(3), 6)
+    assert p.shape == (6, 256, 3) and not torch.equal(p[0], p[1])
+
+
+@pytest.mark.parametrize("wrap", ["map", "ensemble"])
+def test_conv_net_with_batchnorm_trains(small_conv_bn_net, wrap):
+    model = models.from_module(small_conv_bn_net, input_shape=(1, 6, 6))
+    x = fr.normal(fr.key(9), (256, 36))
+    y = (x.reshape(256, 6, 6)[:, :3].mean((1, 2)) > 0).long()
+    m = methods.map(model, likelihoods.categorical(), optim.adam(1e-2))
+    params = model.init(fr.key(0))
+    if wrap == "ensemble":
+        m = methods.ensemble(m, 2, resample="bootstrap", n_data=256)
+        params = methods.init_members(model, fr.key(0), 2)
+    res = fbnn.fit(m, m.init(fr.key(1), params), (x, y), fr.key(2), epochs=8, batch_size=32, progress=False)
+    assert res.history[-1]["loss"] < 0.6 * res.history[0]["loss"]
+    members = res.state.members if wrap == "ensemble" else res.state
+    assert not torch.equal(members.model_state["1.running_mean"], torch.zeros_like(
+        members.model_state["1.running_mean"]))  # BatchNorm statistics were tracked
+    probs = predictive(m, res.state, x, fr.key(3), 2).mean(0)
+    assert (probs.argmax(-1) == y).float().mean() > 0.85
