@@ -154,11 +154,18 @@ def write_json_atomic(path, obj) -> None:
 
 
 def git_commit() -> str:
+    """The checkout's short commit, with ``-dirty`` when tracked code differs from it."""
+    here = Path(__file__).resolve().parent
+
+    def git(*argv):
+        return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=here,
+                              check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=7", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(here), str(here.parent / "experiments"))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 def _check_state_fits(model, method, cfg, state, ckpt_path) -> None:
@@ -197,12 +204,13 @@ def cmd_train(args) -> dict:
                              + ", ".join(f"{k}={old.get(k)!r} (now {cfg[k]!r})" for k in changed))
     state = method.init(k_init, _init_params(model, method, cfg, k_init))
     n_eval = args.eval_samples or default_eval_samples(cfg)
+    commit = git_commit()  # the code this run starts with
     result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,
                       checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
                       meta={"config": cfg}, description=f"{args.method} {args.dataset}")
     metrics_out = evaluate_run(model, method, result.state, xt, yt, k_eval, n_eval, info)
     metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
-                        "epochs": args.epochs, "config": cfg, "commit": git_commit(),
+                        "epochs": args.epochs, "config": cfg, "commit": commit,
                         "command": " ".join(["fbnn", *sys.argv[1:]]) if args.command_line is None
                         else args.command_line})
     write_json_atomic(out_dir / "metrics.json", metrics_out)

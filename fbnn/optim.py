@@ -168,9 +168,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         mu = tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
         nu = tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
         t = count.to(torch.float64)  # bias corrections in float64, as torch computes them
-        bc1 = (1 - b1 ** t).to(torch.float32)
-        bc2_sqrt = torch.sqrt(1 - b2 ** t).to(torch.float32)
-        direction = tree.map(lambda m, v: (m / bc1) / (v.sqrt() / bc2_sqrt + eps), mu, nu)
+        bc1, bc2_sqrt = 1 - b1 ** t, torch.sqrt(1 - b2 ** t)
+        direction = tree.map(lambda m, v: (m / bc1.to(m.dtype)) / (v.sqrt() / bc2_sqrt.to(v.dtype) + eps),
+                             mu, nu)
         return direction, AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
@@ -208,6 +208,8 @@ def sgd(lr: ScalarOrSchedule, momentum: float = 0.0, weight_decay: float = 0.0,
         nesterov: bool = False) -> GradientTransformation:
     """``torch.optim.SGD(lr, momentum, weight_decay, nesterov)`` with dampening 0."""
     _check_rate(lr, "learning rate", "sgd")
+    if nesterov and momentum == 0.0:
+        raise ValueError("sgd: nesterov momentum needs momentum > 0")
     return chain(add_decayed_weights(weight_decay), trace(momentum, nesterov), scale_by_learning_rate(lr))
 
 

@@ -63,11 +63,14 @@ def _mix(words: torch.Tensor) -> torch.Tensor:
 
 
 def fold_in(k: torch.Tensor, data) -> torch.Tensor:
-    """A new key from ``k`` and an integer (or int64 tensor) ``data``: ``(2,) -> (2,)``."""
+    """A new key from ``k`` and an integer (or int64 tensor) ``data``: ``(2,) -> (2,)``.
+
+    All 64 bits of ``data`` count: the low word is folded in, mixed, then the high word."""
     _check_key(k, "fold_in")
-    d = torch.as_tensor(data, dtype=torch.int64) & _MASK32
-    salted = torch.stack([k[..., 0] ^ d, (k[..., 1] + d * 0x2545F491) & _MASK32], dim=-1)
-    return _mix(salted)
+    d = torch.as_tensor(data, dtype=torch.int64)
+    lo, hi = d & _MASK32, (d >> 32) & _MASK32
+    k = _mix(torch.stack([k[..., 0] ^ lo, (k[..., 1] + lo * 0x2545F491) & _MASK32], dim=-1))
+    return _mix(torch.stack([k[..., 0] ^ hi, (k[..., 1] + hi * 0x5851F42D + 1) & _MASK32], dim=-1))
 
 
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -81,9 +84,9 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
 
 
 def seed_of(k: torch.Tensor) -> int:
-    """The 63-bit integer seed of a concrete (unbatched) key."""
-    hi, lo = (int(v) for v in k.tolist())
-    return ((hi << 31) ^ lo) & ((1 << 63) - 1)
+    """The 64-bit integer seed of a concrete (unbatched) key."""
+    hi, lo = (int(v) & _MASK32 for v in k.tolist())
+    return (hi << 32) | lo
 
 
 def _generator(k: torch.Tensor) -> torch.Generator:

@@ -54,7 +54,8 @@ def map(fn: Callable, tree: PyTree, *rest: PyTree) -> PyTree:
 
 def ravel(tree: PyTree) -> tuple[torch.Tensor, Callable[[torch.Tensor], PyTree]]:
     """Concatenate all leaves into one vector ``(P,)``; return it with its inverse."""
-    return torch.cat([x.reshape(-1) for x in leaves(tree)]), unravel_fn(tree)
+    flat = [x.reshape(-1) for x in leaves(tree)]
+    return (torch.cat(flat) if flat else torch.zeros(0)), unravel_fn(tree)
 
 
 def unravel_fn(tree: PyTree) -> Callable[[torch.Tensor], PyTree]:
@@ -65,13 +66,13 @@ def unravel_fn(tree: PyTree) -> Callable[[torch.Tensor], PyTree]:
 
     def unravel(vec: torch.Tensor) -> PyTree:
         parts = torch.split(vec, sizes, dim=-1)
-        return unflatten([p.reshape(*vec.shape[:-1], *s) for p, s in zip(parts, shapes)], spec)
+        return unflatten([p.reshape((*vec.shape[:-1], *s)) for p, s in zip(parts, shapes)], spec)
 
     return unravel
 
 
 def dot(a: PyTree, b: PyTree) -> torch.Tensor:
-    return sum(((x * y).sum() for x, y in zip(leaves(a), leaves(b))), torch.tensor(0.0))
+    return sum(leaves(map(lambda x, y: (x * y).sum(), a, b)), torch.tensor(0.0))
 
 
 def sq_norm(tree: PyTree) -> torch.Tensor:
@@ -120,7 +121,7 @@ def full_like(tree: PyTree, value: float) -> PyTree:
 def normal_like(key: torch.Tensor, tree: PyTree) -> PyTree:
     """Independent standard normals shaped like each leaf, one subkey per leaf."""
     flat, spec = flatten(tree)
-    keys = fr.split(key, len(flat))
+    keys = fr.split(key, max(len(flat), 1))
     return unflatten([fr.normal(k, x.shape, x.dtype) for k, x in zip(keys, flat)], spec)
 
 

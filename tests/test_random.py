@@ -4,7 +4,6 @@ Checks determinism (same key => bitwise same draws), independence of derived key
 isolation from torch's global RNG, vmap == loop bit for bit, draws under grad,
 statistical sanity with fixed keys, and clear errors on bad input.
 """
-import math
 
 import pytest
 import torch
@@ -110,23 +109,12 @@ def test_fold_in_distinct_and_deterministic():
         assert torch.equal(batched[i], fr.fold_in(k, i))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG fbnn/random.py fold_in: data is masked to its low 32 bits "
-    "(`d = torch.as_tensor(data, dtype=torch.int64) & _MASK32`), so data that differ "
-    "only above bit 31 (e.g. 0 vs 2**32, or -1 vs 2**32-1) silently give the same key, "
-    "although the docstring accepts any integer / int64 tensor"))
 @pytest.mark.parametrize("i, j", [(0, 2**32), (-1, 2**32 - 1)])
 def test_fold_in_uses_all_bits_of_data(i, j):
     k = fr.key(0)
     assert not torch.equal(fr.fold_in(k, i), fr.fold_in(k, j))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (low severity) fbnn/random.py seed_of: `((hi << 31) ^ lo)` overlaps bit 31 of "
-    "both words, so the 64-bit key state is folded 2-to-1 into a 63-bit seed; the keys "
-    "[hi, lo] and [hi ^ 1, lo ^ 2**31] (e.g. [5, 7] and [4, 7 + 2**31]) are distinct "
-    "valid keys that produce identical draws. torch.Generator.manual_seed accepts the "
-    "full 64 bits, e.g. (hi << 32) | lo"))
 def test_distinct_keys_never_share_a_stream():
     a = torch.tensor([5, 7], dtype=torch.int64)
     b = torch.tensor([4, 7 + 2**31], dtype=torch.int64)

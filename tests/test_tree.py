@@ -17,7 +17,7 @@ def _gen(seed=0):
 def _nested(seed=0, dtype=torch.float32, scalar_shape=(1,)):
     """A nested dict/list/tuple tree with differently shaped leaves (58 scalars).
 
-    ``scalar_shape=()`` makes one leaf 0-dimensional (see the xfail below)."""
+    ``scalar_shape=()`` makes one leaf 0-dimensional."""
     g = _gen(seed)
     return {
         "layer1": {"w": torch.randn(3, 4, generator=g, dtype=dtype),
@@ -68,12 +68,6 @@ def test_unravel_fn_handles_leading_batch_dims(scalar_shape):
         assert tree.equal(tree.index(batched, i), _nested(i, scalar_shape=scalar_shape))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG fbnn/tree.py:68 unravel_fn: `p.reshape(*vec.shape[:-1], *s)` becomes "
-    "`p.reshape()` for a 0-dim leaf and an unbatched (P,) vector, raising "
-    "TypeError: reshape() missing 1 required positional arguments: \"shape\"; so "
-    "unravel(ravel(t)) fails for any tree with a scalar leaf (e.g. a scalar log-noise "
-    "parameter). Fix: p.reshape((*vec.shape[:-1], *s))"))
 def test_ravel_unravel_roundtrip_with_scalar_leaf():
     for t in ({"w": torch.ones(2, 3), "log_sigma": torch.tensor(0.5)},
               _nested(scalar_shape=())):
@@ -89,10 +83,6 @@ def test_size_counts_scalars():
     assert tree.size({}) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor) fbnn/tree.py ravel: `torch.cat([...])` of an empty leaf list raises "
-    "'torch.cat(): expected a non-empty list of Tensors' for an empty tree ({}), "
-    "instead of returning a (0,) vector whose unravel gives back {}"))
 def test_ravel_empty_tree():
     vec, unravel = tree.ravel({})
     assert vec.shape == (0,) and unravel(vec) == {}
@@ -270,10 +260,6 @@ def test_normal_like_moments():
     assert abs(x.mean().item()) < 0.02 and abs(x.var().item() - 1.0) < 0.03
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor) fbnn/tree.py normal_like: calls fr.split(key, len(flat)) with 0 leaves "
-    "for an empty tree, which raises 'split: num must be >= 1, got 0' instead of "
-    "returning the empty tree"))
 def test_normal_like_empty_tree():
     assert tree.normal_like(fr.key(0), {}) == {}
 
