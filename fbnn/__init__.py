@@ -4,11 +4,11 @@ from .fit import Collector, FitResult, fit
 
 __version__ = "0.1.0"
 __all__ = ["tree", "random", "models", "likelihoods", "priors", "optim", "methods", "predict",
-           "fit", "Collector", "FitResult", "metrics", "data"]
+           "fit", "Collector", "FitResult", "metrics", "data", "diagnostics"]
 
 
-def __getattr__(name):  # metrics and data load lazily
-    if name in ("metrics", "data"):
+def __getattr__(name):  # metrics, data and diagnostics load lazily
+    if name in ("metrics", "data", "diagnostics"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)

@@ -35,31 +35,35 @@ class FitResult(NamedTuple):
 
 
 class Collector:
-    """Keeps ``method.sample(state, key, 1)`` after chosen epochs (or steps).
+    """Keeps ``method.sample(state, key, draws)`` after chosen epochs (or steps).
 
-    A draw is kept at index ``t`` (0-based epoch, or global step when ``every="step"``)
+    Draws are kept at index ``t`` (0-based epoch, or global step when ``every="step"``)
     when ``t >= burn_in`` and ``(t - burn_in) % thin == 0``; the buffer keeps the last
-    ``capacity`` draws (all when ``None``).
+    ``capacity`` collections (all when ``None``). ``draws`` is the number of samples per
+    collection: 1 for one chain, ``n`` for ``ensemble(sampler, n)`` (one per chain).
+    ``samples()`` stacks them collection-major: ``(collections * draws, ...)``.
     """
 
-    def __init__(self, burn_in: int = 0, thin: int = 1, capacity: int | None = None, every: str = "epoch"):
-        if burn_in < 0 or thin < 1 or (capacity is not None and capacity < 1):
-            raise ValueError(f"Collector: need burn_in >= 0, thin >= 1, capacity >= 1 or None; "
-                             f"got burn_in={burn_in}, thin={thin}, capacity={capacity}")
+    def __init__(self, burn_in: int = 0, thin: int = 1, capacity: int | None = None, every: str = "epoch",
+                 draws: int = 1):
+        if burn_in < 0 or thin < 1 or (capacity is not None and capacity < 1) or draws < 1:
+            raise ValueError(f"Collector: need burn_in >= 0, thin >= 1, capacity >= 1 or None, draws >= 1; "
+                             f"got burn_in={burn_in}, thin={thin}, capacity={capacity}, draws={draws}")
         if every not in ("epoch", "step"):
             raise ValueError(f"Collector: every must be 'epoch' or 'step', got {every!r}")
-        self.burn_in, self.thin, self.capacity, self.every = burn_in, thin, capacity, every
+        self.burn_in, self.thin, self.capacity, self.every, self.draws = burn_in, thin, capacity, every, draws
         self.buffer: collections.deque = collections.deque(maxlen=capacity)
 
     def wants(self, t: int) -> bool:
         return t >= self.burn_in and (t - self.burn_in) % self.thin == 0
 
     def add(self, method, state, key) -> None:
-        draw = method.sample(state, key, 1)
-        self.buffer.append(tree.map(lambda x: x[0].clone(), draw))
+        self.buffer.append(tree.clone(method.sample(state, key, self.draws)))
 
     def samples(self) -> Samples | None:
-        return tree.stack(list(self.buffer)) if self.buffer else None
+        if not self.buffer:
+            return None
+        return tree.map(lambda *xs: torch.cat(xs), *self.buffer)
 
     def validate(self, epochs: int, steps_per_epoch: int) -> None:
         horizon = epochs if self.every == "epoch" else epochs * steps_per_epoch

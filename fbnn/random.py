@@ -85,8 +85,8 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
 
 def seed_of(k: torch.Tensor) -> int:
     """The 64-bit integer seed of a concrete (unbatched) key."""
-    hi, lo = (int(v) & _MASK32 for v in k.tolist())
-    return (hi << 32) | lo
+    hi, lo = k.tolist()
+    return ((hi & _MASK32) << 32) | (lo & _MASK32)
 
 
 def _generator(k: torch.Tensor) -> torch.Generator:
@@ -108,6 +108,36 @@ def _draw_concrete(k, kind, shape, dtype, arg):
     raise ValueError(f"unknown draw kind {kind!r}")
 
 
+try:
+    from torch._C._functorch import (get_unwrapped, is_batchedtensor, is_functorch_wrapped_tensor,
+                                     maybe_current_level)
+except ImportError:  # pragma: no cover - older torch: always take the autograd.Function path
+    get_unwrapped = is_batchedtensor = maybe_current_level = None
+
+
+def _concrete_key(k: torch.Tensor):
+    """The plain tensor behind ``k`` if no ``vmap`` level batches it, else ``None``.
+
+    Under ``grad`` a key is wrapped but holds one value, which can be read directly."""
+    if get_unwrapped is None:
+        return None
+    while is_functorch_wrapped_tensor(k):
+        if is_batchedtensor(k):
+            return None
+        k = get_unwrapped(k)
+    return k
+
+
+def _dispatch(k, kind, shape, dtype, arg):
+    concrete = _concrete_key(k)
+    if concrete is None:
+        return _Draw.apply(k, kind, shape, dtype, arg)
+    if maybe_current_level() is None:
+        return _draw_concrete(concrete, kind, shape, dtype, arg)
+    with torch._C._DisableFuncTorch():  # a keyed draw is a constant to every transform
+        return _draw_concrete(concrete, kind, shape, dtype, arg)
+
+
 class _Draw(torch.autograd.Function):
     """A random draw keyed by a tensor, with a batching rule that loops over keys.
 
@@ -127,9 +157,9 @@ class _Draw(torch.autograd.Function):
     def vmap(info, in_dims, k, kind, shape, dtype, arg):
         dim = in_dims[0]
         if dim is None:
-            return _Draw.apply(k, kind, shape, dtype, arg), None
+            return _dispatch(k, kind, shape, dtype, arg), None
         keys = k.movedim(dim, 0)
-        return torch.stack([_Draw.apply(keys[i], kind, shape, dtype, arg)
+        return torch.stack([_dispatch(keys[i], kind, shape, dtype, arg)
                             for i in range(info.batch_size)]), 0
 
 
@@ -144,7 +174,7 @@ def _draw(k, kind, shape, dtype=torch.float32, arg=None, who=""):
     if k.dim() != 1:
         raise ValueError(f"{who}: expected a single key of shape (2,), got {tuple(k.shape)}; "
                          "use vmap over keys or split first")
-    return _Draw.apply(k, kind, _shape(shape), dtype, arg)
+    return _dispatch(k, kind, _shape(shape), dtype, arg)
 
 
 def normal(k, shape, dtype=torch.float32) -> torch.Tensor:

@@ -130,3 +130,14 @@ def test_collector_survives_resume(toy_classification, tmp_path):
     res = fbnn.fit(m, st, toy_classification, fr.key(1), epochs=6, checkpoint=ckpt, resume=True,
                    collector=Collector(thin=2), **kw)
     assert tree.equal(full.samples, res.samples)
+
+
+def test_collector_takes_one_draw_per_chain(toy_classification):
+    model = models.mlp([8, 4, 3])
+    chains = methods.ensemble(methods.sgld(model, likelihoods.categorical(), None, n_data=256, lr=1e-4), 3)
+    st = chains.init(fr.key(0), methods.init_members(model, fr.key(1), 3))
+    col = Collector(burn_in=1, thin=1, capacity=2, draws=3)
+    res = fbnn.fit(chains, st, toy_classification, fr.key(2), epochs=4, batch_size=128, progress=False,
+                   collector=col)
+    assert res.samples.params["fc0.weight"].shape == (6, 4, 8)  # 2 collections x 3 chains
+    assert tree.equal(tree.index(res.samples.params, slice(3, 6)), res.state.members.params)

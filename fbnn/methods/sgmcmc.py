@@ -18,6 +18,7 @@ schedule ``count (int64 tensor) -> value`` as in ``fbnn.optim``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -72,33 +73,29 @@ class SghmcSaState(NamedTuple):
 # --- validation -------------------------------------------------------------------------
 
 def _finite_positive(value, what: str, who: str) -> float:
-    if isinstance(value, bool):
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex \
+            and value.dtype != torch.bool:
+        number, value = True, float(value)
+    if not number or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{who}: {what} must be a finite number > 0, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{who}: {what} must be a finite number > 0, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{who}: {what} must be a finite number > 0, got {value!r}")
-    return v
+    return float(value)
 
 
 def _check_lr(lr, who: str) -> None:
     if callable(lr):
         value = lr(torch.zeros((), dtype=torch.int64))
         try:
-            v = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{who}: the lr schedule must return a number, got {value!r}") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{who}: lr must be a finite number > 0; the schedule gives {v!r} "
-                             f"at count 0")
+            _finite_positive(value, "lr", who)
+        except ValueError:
+            raise ValueError(f"{who}: lr must be a finite number > 0; the schedule gives {value!r} "
+                             f"at count 0") from None
     else:
         _finite_positive(lr, "lr", who)
 
 
 def _check_n_data(n_data, who: str) -> None:
-    if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
+    if isinstance(n_data, bool) or not isinstance(n_data, numbers.Integral) or n_data < 1:
         raise ValueError(f"{who}: n_data (the training-set size) must be an int >= 1, got {n_data!r}")
 
 
@@ -109,12 +106,13 @@ def _check_friction(friction, who: str) -> None:
 
 
 def _check_every(every, what: str, who: str) -> None:
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+    if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Integral)
+                              or every < 1):
         raise ValueError(f"{who}: {what} must be None or an int >= 1, got {every!r}")
 
 
 def _check_count(value, what: str, who: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{who}: {what} must be an int >= {low}, got {value!r}")
 
 
@@ -200,13 +198,17 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
     ``square_avg``), ``G = sqrt(V) + eps`` (non-centred, eps after the sqrt),
     ``theta <- theta - (lr / 2) g / G + sqrt(lr T / G) xi``. The paper's drift
     correction Gamma(theta) = sum_j d G^-1_ij / d theta_j is omitted, as in the seed and
-    common practice; it vanishes as alpha -> 1. The state is ``PsgldState``.
+    common practice; it vanishes as alpha -> 1. With alpha = 0.99 and exact gradients
+    on a correlated Gaussian the spread comes out 10-15 % wide, the price of that omission.
+    V_0 = 0 makes the first step's noise sqrt(lr T / (sqrt(1 - alpha) |g_0|)) unbounded
+    where g_0 ~ 0; warm-start ``state.square_avg`` (e.g. with g_0^2) to avoid it. The
+    state is ``PsgldState``.
     """
     who = "psgld"
     _check_n_data(n_data, who)
     _check_lr(lr, who)
     temperature = _finite_positive(temperature, "temperature", who)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
         raise ValueError(f"{who}: alpha must be in (0, 1), got {alpha!r}")
     eps = _finite_positive(eps, "eps", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
@@ -317,7 +319,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
              prior_sigma: float | None = 0.1, alpha0: float = 10.0, beta0: float = 10.0,
              resample_momentum_every: int | None = 50, resample_prior_every: int | None = 15,
              clip_std_mul: float | None = 20.0, clip_warmup: int = 1000,
-             eps: float = 1e-6) -> base.Method:
+             eps: float = 1e-6, adaptation: str = "seed") -> base.Method:
     """SGHMC with scale adaptation (Springenberg et al. 2016), the seed's sampler (SPEC 3.9).
 
     Defaults are SPEC 8 ``sghmc_sa`` (lr eta 1e-2, C 0.05, prior sigma 0.1, alpha0 =
@@ -339,17 +341,21 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     4. m = 1 / (sqrt(V_hat) + eps); if t % resample_momentum_every == 0: v ~ N(0, eta^2 m);
        v <- v - eta^2 m g - C v + N(0, max(2 eta^2 m C - eta^4, 1e-16)); theta <- theta + v.
 
-    Note on step 3 (the seed's order; pybnn takes r = 1 / (tau_old + 1) instead): starting
-    from tau = g_avg = V_hat = 1, r is 1 - O(1e-6) and tau stays near 1 for as long as
-    successive gradients agree, so V_hat is then close to the last g^2; tau grows (a
-    longer average) only where the gradient fluctuates about a small mean. With smooth,
-    noise-free gradients m can therefore be large on coordinates whose gradient was
-    near 0 at the end of burn-in.
+    ``adaptation``: ``"seed"`` (default) is step 3 as written, the seed's order (SPEC 3.9).
+    From tau = g_avg = V_hat = 1 it gives r = 1 - O(1e-6), and tau stays near 1 for as
+    long as successive gradients agree, so V_hat is then about the last g^2 and m about
+    1 / |g|: coordinates whose gradient is near 0 at some burn-in step get a very large
+    m, hence a large kick (noise ~ eta sqrt(2 m C)), and m is heavy-tailed after burn-in
+    unless minibatch noise lets tau grow. ``"pybnn"`` takes r = 1 / (tau + 1) from the
+    old tau, as Springenberg et al.'s pybnn does, so V_hat at most halves per step.
 
     The gradient-noise estimate B-hat is taken as 0 and eta is not rescaled by sqrt(N),
-    as in the seed. ``prior_sigma=None`` drops the prior (no Gibbs step then). The
-    state is ``SghmcSaState``; info holds "loss" (U with the current precision),
-    "grad_norm" (pre-clip) and "max_norm".
+    as in the seed; the -eta^4 term stands in for the minibatch noise (it cancels it when
+    V_hat is all gradient noise) and otherwise shrinks the injected variance by a factor
+    1 - eta^2 / (2 m C), so keep eta^2 << 2 m C for an unbiased spread.
+    ``prior_sigma=None`` drops the prior (no Gibbs step then). The state is
+    ``SghmcSaState``; info holds "loss" (U with the current precision), "grad_norm"
+    (pre-clip) and "max_norm".
     """
     who = "sghmc_sa"
     _check_n_data(n_data, who)
@@ -361,6 +367,8 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     eps = _finite_positive(eps, "eps", who)
     _check_every(resample_momentum_every, "resample_momentum_every", who)
     _check_every(resample_prior_every, "resample_prior_every", who)
+    if adaptation not in ("seed", "pybnn"):
+        raise ValueError(f"{who}: adaptation must be 'seed' or 'pybnn', got {adaptation!r}")
     if prior_sigma is None:
         if resample_prior_every is not None:
             raise ValueError(f"{who}: resample_prior_every needs a prior; pass "
@@ -368,7 +376,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     else:
         prior_sigma = _finite_positive(prior_sigma, "prior_sigma", who)
     if clip_std_mul is not None:
-        if isinstance(clip_std_mul, bool) or not isinstance(clip_std_mul, (int, float)) \
+        if isinstance(clip_std_mul, bool) or not isinstance(clip_std_mul, numbers.Real) \
                 or not math.isfinite(clip_std_mul) or clip_std_mul < 0:
             raise ValueError(f"{who}: clip_std_mul must be None or a finite number >= 0, "
                              f"got {clip_std_mul!r}")
@@ -408,7 +416,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
         # burn-in: tau <- tau - tau g_avg^2 / (V_hat + eps) + 1; r = 1 / (tau + eps);
         # g_avg <- (1 - r) g_avg + r g; V_hat <- (1 - r) V_hat + r g^2
         tau_new = tau - tau * g_avg ** 2 / (v_hat + eps) + 1.0
-        r = 1.0 / (tau_new + eps)
+        r = 1.0 / (tau_new + eps) if adaptation == "seed" else 1.0 / (tau + 1.0)
         g_avg_new = g_avg - r * g_avg + r * g
         v_hat_new = v_hat - r * v_hat + r * g ** 2
         tau = torch.where(adapt, tau_new, tau)
