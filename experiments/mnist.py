@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from fbnn import cli
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -55,12 +57,35 @@ def markdown_table(results: dict) -> str:
              "wall (s) | command | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, r in sorted(results.items()):
-        seed_ll, seed_err = SEED.get(row, (None, None))
+        seed_ll, seed_err = SEED.get(row.split("_seed")[0], (None, None))
         fmt = (lambda v, f: f.format(v) if v is not None else "–")
         lines.append(f"| {row} | {r['method']} | {r['error_pct']:.2f} | {r['test_loglik_sum']:.2f} | "
                      f"{fmt(seed_err, '{:.2f}')} | {fmt(seed_ll, '{:.2f}')} | {r['n_samples']} | "
                      f"{r['epochs']} | {r['wall_s']:.0f} | `{r['command']}` | {r['commit']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + seed_summary(results)) + "\n"
+
+
+def seed_summary(results: dict) -> list[str]:
+    """Mean and standard deviation over the seeds of each row that was run with several."""
+    groups: dict = {}
+    for name, r in results.items():
+        groups.setdefault(name.split("_seed")[0], []).append(r)
+    lines = []
+    for base, rs in sorted(groups.items()):
+        if len(rs) < 2:
+            continue
+        err = torch.tensor([r["error_pct"] for r in rs], dtype=torch.float64)
+        ll = torch.tensor([r["test_loglik_sum"] for r in rs], dtype=torch.float64)
+        lines.append(f"| {base} | {len(rs)} | {err.mean():.2f} ± {err.std():.2f} | "
+                     f"{ll.mean():.1f} ± {ll.std():.1f} | {err.min():.2f} – {err.max():.2f} | "
+                     f"{ll.min():.1f} – {ll.max():.1f} |")
+    if not lines:
+        return []
+    return ["", "## Spread over training seeds", "",
+            "Rows `<row>_seed<k>` rerun `<row>` with `--seed k` (seed 0 is the row itself); "
+            "mean ± sample standard deviation.", "",
+            "| row | seeds | error % | log like | error range | log like range |",
+            "|---|---|---|---|---|---|", *lines]
 
 
 def record(row: str, metrics: dict, command: str) -> dict:
@@ -84,14 +109,14 @@ def main(argv=None) -> int:
     p.add_argument("row", choices=sorted(ROWS))
     p.add_argument("--runs-dir", default="runs/mnist", help="checkpoints go to RUNS_DIR/<row>")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed; k > 0 records row <row>_seed<k>")
     p.add_argument("--members", type=int, default=None, help="ensemble members (default 10)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-record", action="store_true", help="do not write results/")
     args = p.parse_args(argv)
     command = "python -m experiments.mnist " + " ".join(argv if argv is not None else sys.argv[1:])
     train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),
-                  "--out", str(Path(args.runs_dir) / args.row)]
+                  "--out", str(Path(args.runs_dir) / (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}"))]
     if args.members is not None:
         train_args += ["--members", str(args.members)]
     if args.resume:
@@ -102,7 +127,7 @@ def main(argv=None) -> int:
     ns.command_line = command
     metrics = cli.cmd_train(ns)
     if not args.no_record:
-        record(args.row, metrics, command)
+        record(args.row if args.seed == 0 else f"{args.row}_seed{args.seed}", metrics, command)
     return 0
 
 

@@ -50,7 +50,8 @@ def test_memory_budget_sets_chunks():
     model = models.mlp([784, 1200, 1200, 10])
     fixed, per_input = forward_bytes(model, model.init(fr.key(0)), torch.zeros(2, 784))
     assert 4 * (1200 + 1200 + 10) <= per_input < 100_000  # activations, not weights
-    s, b = chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30)
+    s, b = chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30, work_bytes=2 ** 30)
     assert b == 10_000 and 1 <= s <= 100 and s * (fixed + b * per_input) <= 2 ** 30
+    assert chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30) == (1, 10_000)  # 64 MiB working set
     s, b = chunk_sizes(100, 10_000, fixed, per_input, 2 ** 24)
     assert s == 1 and fixed + b * per_input <= 2 ** 24
