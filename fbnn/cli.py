@@ -21,7 +21,7 @@ import torch
 from . import likelihoods, methods, metrics, models, optim, tree
 from . import random as fr
 from .fit import fit, load_checkpoint
-from .predict import predictive
+from .predict import predict, predictive
 
 __all__ = ["main", "build", "load_dataset", "evaluate_run", "write_json_atomic", "git_commit",
            "METHODS", "CLASSIFICATION_DATASETS", "REGRESSION_DATASETS"]
@@ -135,6 +135,19 @@ def evaluate_run(model, method, state, x, y, key, n_samples: int, info: dict) ->
     return out
 
 
+def dev_eval_fn(method, x, y, info: dict, n_samples: int):
+    """A per-epoch evaluation for ``fit``: deterministic passes (no dropout masks; the
+    seed's dev curve sampled one, SPEC 7 #8) averaged over ``n_samples`` draws."""
+    def eval_fn(state, epoch):
+        out = predict(method.model, method.sample(state, fr.fold_in(fr.key(0), epoch), n_samples), x)
+        if info["task"] == "classification":
+            probs = torch.softmax(out, -1).mean(0)
+            return {"dev_error_pct": metrics.error_pct(probs, y), "dev_nll_mean": metrics.nll_mean(probs, y)}
+        mean, _ = likelihoods.split_mean_log_sigma(out.mean(0))
+        return {"dev_rmse": metrics.uci_rmse(mean[:, 0], y, info["y_std"])}
+    return eval_fn
+
+
 # --- files --------------------------------------------------------------------------------
 
 def write_json_atomic(path, obj) -> None:
@@ -205,7 +218,12 @@ def cmd_train(args) -> dict:
     state = method.init(k_init, _init_params(model, method, cfg, k_init))
     n_eval = args.eval_samples or default_eval_samples(cfg)
     commit = git_commit()  # the code this run starts with
+    eval_fn = None
+    if args.eval_every:
+        n_dev = cfg["members"] if cfg["method"] == "ensemble" else 1
+        eval_fn = dev_eval_fn(method, xt, yt, info, n_dev)
     result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,
+                      eval_fn=eval_fn, eval_every=max(args.eval_every, 1),
                       checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
                       meta={"config": cfg}, description=f"{args.method} {args.dataset}")
     metrics_out = evaluate_run(model, method, result.state, xt, yt, k_eval, n_eval, info)
@@ -291,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-samples", type=int, default=None,
                    help="posterior samples for the test predictive (default: 1 MAP, 100 MC dropout, "
                         "members for an ensemble)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate on the test set every N epochs (deterministic passes; 0: only at the end)")
     t.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.json)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     t.add_argument("--data-dir", default=None, help="data root (default: $FBNN_DATA or ../shared/data)")

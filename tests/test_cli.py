@@ -38,10 +38,12 @@ def test_mnist_classification_smoke(tmp_path):
     out = tmp_path / "mnist"
     rc = cli.main(["train", "--method", "mc_dropout", "--dataset", "mnist", "--hidden", "32", "--dropout", "0.5",
                    "--epochs", "1", "--batch-size", "500", "--eval-samples", "4", "--out", str(out),
-                   "--no-progress"])
+                   "--eval-every", "1", "--no-progress"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["error_pct"] < 20 and m["n_samples"] == 4 and m["test_loglik_sum"] < 0
+    history = torch.load(out / "checkpoint.pt", weights_only=False)["history"]
+    assert 0 < history[-1]["dev_error_pct"] < 20
 
 
 @pytest.mark.parametrize("argv", [
