@@ -57,7 +57,7 @@ def markdown_table(results: dict) -> str:
              "wall (s) | command | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, r in sorted(results.items()):
-        seed_ll, seed_err = SEED.get(row.split("_seed")[0], (None, None))
+        seed_ll, seed_err = SEED.get(row.split("_seed")[0], SEED.get(r["method"], (None, None)))
         fmt = (lambda v, f: f.format(v) if v is not None else "–")
         lines.append(f"| {row} | {r['method']} | {r['error_pct']:.2f} | {r['test_loglik_sum']:.2f} | "
                      f"{fmt(seed_err, '{:.2f}')} | {fmt(seed_ll, '{:.2f}')} | {r['n_samples']} | "
@@ -111,12 +111,14 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="training seed; k > 0 records row <row>_seed<k>")
     p.add_argument("--members", type=int, default=None, help="ensemble members (default 10)")
+    p.add_argument("--row-name", default=None, help="record under this row name (e.g. ensemble_20)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-record", action="store_true", help="do not write results/")
     args = p.parse_args(argv)
     command = "python -m experiments.mnist " + " ".join(argv if argv is not None else sys.argv[1:])
+    name = args.row_name or (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}")
     train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),
-                  "--out", str(Path(args.runs_dir) / (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}"))]
+                  "--out", str(Path(args.runs_dir) / name)]
     if args.members is not None:
         train_args += ["--members", str(args.members)]
     if args.resume:
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     ns.command_line = command
     metrics = cli.cmd_train(ns)
     if not args.no_record:
-        record(args.row if args.seed == 0 else f"{args.row}_seed{args.seed}", metrics, command)
+        record(name, metrics, command)
     return 0
 
 
