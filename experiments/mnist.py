@@ -62,6 +62,9 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {row} | {r['method']} | {r['error_pct']:.2f} | {r['test_loglik_sum']:.2f} | "
                      f"{fmt(seed_err, '{:.2f}')} | {fmt(seed_ll, '{:.2f}')} | {r['n_samples']} | "
                      f"{r['epochs']} | {r['wall_s']:.0f} | `{r['command']}` | {r['commit']} |")
+    notes = [f"- `{row}`: {r['note']}" for row, r in sorted(results.items()) if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
     return "\n".join(lines + seed_summary(results)) + "\n"
 
 

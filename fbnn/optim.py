@@ -131,7 +131,7 @@ def add_decayed_weights(weight_decay: float, mask: Callable[[str], bool] | None 
         if params is None:
             raise ValueError("add_decayed_weights needs params")
         if mask is None:
-            return tree.map(lambda g, p: g + weight_decay * p, grads, params), state
+            return tree.map(lambda g, p: torch.add(g, p, alpha=weight_decay), grads, params), state
         return {k: (g + weight_decay * params[k]) if mask(k) else g for k, g in grads.items()}, state
 
     return GradientTransformation(lambda p: EmptyState(), update)
@@ -147,8 +147,8 @@ def trace(momentum: float, nesterov: bool = False) -> GradientTransformation:
     def update(grads, state, params=None):
         if momentum == 0.0:
             return grads, state
-        v = tree.map(lambda t, g: momentum * t + g, state.trace, grads)
-        out = tree.map(lambda g, t: g + momentum * t, grads, v) if nesterov else v
+        v = tree.map(lambda t, g: torch.add(g, t, alpha=momentum), state.trace, grads)  # one pass
+        out = tree.map(lambda g, t: torch.add(g, t, alpha=momentum), grads, v) if nesterov else v
         return out, TraceState(v)
 
     return GradientTransformation(init, update)

@@ -56,7 +56,7 @@ def forward_bytes(model, params, x: torch.Tensor, model_state=None, key=None) ->
 
 
 def chunk_sizes(n_samples: int, n_inputs: int, bytes_per_sample: int, bytes_per_input: int,
-                max_bytes: int, work_bytes: int = 2 ** 26) -> tuple[int, int]:
+                max_bytes: int, work_bytes: int = 2 ** 22) -> tuple[int, int]:
     """``(sample_chunk, input_chunk)`` so that a chunk's forward pass allocates at most
     ``max_bytes`` (at least one sample and one input). All inputs stay together when
     possible: chunking over samples changes no random draw. Within the budget, samples
@@ -76,7 +76,7 @@ def _as_samples(samples) -> Samples:
 
 
 def predict(model, samples, x: torch.Tensor, *, key=None, transform: Callable | None = None,
-            max_bytes: int = 2 ** 30, work_bytes: int = 2 ** 26, sample_chunk: int | None = None,
+            max_bytes: int = 2 ** 30, work_bytes: int = 2 ** 22, sample_chunk: int | None = None,
             input_chunk: int | None = None) -> torch.Tensor:
     """Outputs of every sample on every input: ``(S, B, ...)``.
 

@@ -52,6 +52,6 @@ def test_memory_budget_sets_chunks():
     assert 4 * (1200 + 1200 + 10) <= per_input < 100_000  # activations, not weights
     s, b = chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30, work_bytes=2 ** 30)
     assert b == 10_000 and 1 <= s <= 100 and s * (fixed + b * per_input) <= 2 ** 30
-    assert chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30) == (1, 10_000)  # 64 MiB working set
+    assert chunk_sizes(100, 10_000, fixed, per_input, 2 ** 30) == (1, 10_000)  # 4 MiB working set
     s, b = chunk_sizes(100, 10_000, fixed, per_input, 2 ** 24)
     assert s == 1 and fixed + b * per_input <= 2 ** 24

@@ -1,0 +1,31 @@
+import json
+
+from experiments import mnist
+
+
+def _row(method, err, ll, **kw):
+    return {"method": method, "error_pct": err, "test_loglik_sum": ll, "n_samples": 1, "epochs": 10,
+            "wall_s": 12.0, "command": "python -m experiments.mnist map", "commit": "abc1234", **kw}
+
+
+def test_markdown_table_lists_rows_seed_numbers_notes_and_spread():
+    results = {"map": _row("map", 1.56, -588.6), "map_seed1": _row("map", 1.50, -560.0),
+               "ensemble_20": _row("ensemble", 1.40, -480.0, note="twenty members")}
+    md = mnist.markdown_table(results)
+    assert "| map | map | 1.56 | -588.60 | 1.58 | -572.90 |" in md
+    assert "| ensemble_20 | ensemble | 1.40 | -480.00 | 1.53 | -496.54 |" in md  # seed row by method
+    assert "- `ensemble_20`: twenty members" in md
+    assert "| map | 2 | 1.53 ± 0.04 | -574.3 ± 20.2 |" in md
+
+
+def test_record_writes_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist, "RESULTS", tmp_path)
+    metrics = {"config": {"method": "map"}, "error_pct": 1.5, "test_loglik_sum": -500.0, "n_samples": 1,
+               "epochs": 10, "train_wall_s": 100.0, "eval_s": 1.0, "commit": "abc1234", "nll_mean": 0.05,
+               "brier": 0.02, "ece": 0.01, "mean_total_entropy": 0.1, "mean_epistemic_entropy": 0.0}
+    mnist.record("map", metrics, "python -m experiments.mnist map")
+    saved = json.loads((tmp_path / "mnist.json").read_text())
+    assert saved["map"]["wall_s"] == 101.0 and saved["map"]["commit"] == "abc1234"
+    assert set(saved["map"]) >= {"method", "error_pct", "test_loglik_sum", "n_samples", "epochs", "wall_s",
+                                 "command", "commit"}
+    assert "| map | map | 1.50 | -500.00 |" in (tmp_path / "mnist.md").read_text()
