@@ -4,6 +4,7 @@ import torch
 import fbnn
 from fbnn import likelihoods, methods, models, optim, priors, tree
 from fbnn import random as fr
+from fbnn.fit import epoch_keys
 from fbnn.predict import predictive
 
 
@@ -145,3 +146,33 @@ def test_conv_net_with_batchnorm_trains(small_conv_bn_net, wrap):
         members.model_state["1.running_mean"]))  # BatchNorm statistics were tracked
     probs = predictive(m, res.state, x, fr.key(3), 2).mean(0)
     assert (probs.argmax(-1) == y).float().mean() > 0.85
+
+
+def test_map_fit_equals_a_plain_torch_training_loop():
+    # The seed's MAP loop in plain PyTorch (nn.Linear stack, summed cross-entropy,
+    # torch.optim.SGD with momentum) on the same initial weights and batch order.
+    x = fr.normal(fr.key(0), (300, 20))
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 0.5).long()
+    model = models.mlp([20, 32, 32, 3])
+    params = model.init(fr.key(1))
+    m = methods.map(model, likelihoods.categorical(), optim.sgd(1e-3, momentum=0.5))
+    res = fbnn.fit(m, m.init(fr.key(2), params), (x, y), fr.key(3), epochs=3, batch_size=50, progress=False)
+
+    with torch.random.fork_rng(devices=[]):
+        net = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
+                                  torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    with torch.no_grad():
+        for i in range(3):
+            net[2 * i].weight.copy_(params[f"fc{i}.weight"])
+            net[2 * i].bias.copy_(params[f"fc{i}.bias"])
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.5)
+    for epoch in range(3):
+        order = fr.permutation(epoch_keys(fr.key(3), epoch)[0], 300)
+        for lo in range(0, 300, 50):
+            idx = order[lo:lo + 50]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx], reduction="sum").backward()
+            opt.step()
+    for i in range(3):
+        assert torch.allclose(res.state.params[f"fc{i}.weight"], net[2 * i].weight, atol=1e-6)
+        assert torch.allclose(res.state.params[f"fc{i}.bias"], net[2 * i].bias, atol=1e-6)
