@@ -98,7 +98,7 @@ def build(cfg: dict, n_in: int, n_data: int, n_out: int = 10):
     return model, inner
 
 
-def _init_params(model, method, cfg, key):
+def _init_params(model, cfg, key):
     if cfg["method"] == "ensemble":
         return methods.init_members(model, key, cfg["members"])
     return model.init(key)
@@ -112,7 +112,7 @@ def default_eval_samples(cfg: dict) -> int:
 
 # --- evaluation ---------------------------------------------------------------------------
 
-def evaluate_run(model, method, state, x, y, key, n_samples: int, info: dict) -> dict:
+def evaluate_run(method, state, x, y, key, n_samples: int, info: dict) -> dict:
     """Metrics of the posterior predictive on ``(x, y)``."""
     t0 = time.perf_counter()
     if info["task"] == "classification":
@@ -182,7 +182,7 @@ def git_commit() -> str:
 
 
 def _check_state_fits(model, method, cfg, state, ckpt_path) -> None:
-    expected = method.init(fr.key(0), _init_params(model, method, cfg, fr.key(0)))
+    expected = method.init(fr.key(0), _init_params(model, cfg, fr.key(0)))
     got_shapes = [tuple(t.shape) for t in tree.leaves(state) if isinstance(t, torch.Tensor)]
     want_shapes = [tuple(t.shape) for t in tree.leaves(expected) if isinstance(t, torch.Tensor)]
     if got_shapes != want_shapes:
@@ -215,7 +215,7 @@ def cmd_train(args) -> dict:
         if changed:
             raise ValueError(f"--resume: {ckpt} was trained with other settings: "
                              + ", ".join(f"{k}={old.get(k)!r} (now {cfg[k]!r})" for k in changed))
-    state = method.init(k_init, _init_params(model, method, cfg, k_init))
+    state = method.init(k_init, _init_params(model, cfg, k_init))
     n_eval = args.eval_samples or default_eval_samples(cfg)
     commit = git_commit()  # the code this run starts with
     eval_fn = None
@@ -226,7 +226,7 @@ def cmd_train(args) -> dict:
                       eval_fn=eval_fn, eval_every=max(args.eval_every, 1),
                       checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
                       meta={"config": cfg}, description=f"{args.method} {args.dataset}")
-    metrics_out = evaluate_run(model, method, result.state, xt, yt, k_eval, n_eval, info)
+    metrics_out = evaluate_run(method, result.state, xt, yt, k_eval, n_eval, info)
     metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
                         "epochs": args.epochs, "config": cfg, "commit": commit,
                         "command": " ".join(["fbnn", *sys.argv[1:]]) if args.command_line is None
@@ -248,7 +248,7 @@ def cmd_evaluate(args) -> dict:
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     _check_state_fits(model, method, cfg, ckpt["state"], path)
     key = fr.split(fr.key(args.seed if args.seed is not None else cfg["seed"]), 3)[2]
-    out = evaluate_run(model, method, ckpt["state"], xt, yt, key,
+    out = evaluate_run(method, ckpt["state"], xt, yt, key,
                        args.samples or default_eval_samples(cfg), info)
     out.update({"epochs_trained": ckpt["epoch"], "checkpoint": str(path)})
     if args.out:
@@ -261,7 +261,7 @@ def _hidden(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated ints, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated ints, got {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden must hold positive ints, got {text!r}")
     return sizes
