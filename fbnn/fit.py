@@ -42,28 +42,47 @@ class Collector:
     ``capacity`` collections (all when ``None``). ``draws`` is the number of samples per
     collection: 1 for one chain, ``n`` for ``ensemble(sampler, n)`` (one per chain).
     ``samples()`` stacks them collection-major: ``(collections * draws, ...)``.
+    With ``directory`` the draws go to disk (one atomic file per collection, named by its
+    index, the oldest deleted past ``capacity``) and the buffer holds only their paths, so
+    a hundred samples of a large net need not sit in memory; ``iter_samples()`` reads them
+    back one collection at a time.
     """
 
     def __init__(self, burn_in: int = 0, thin: int = 1, capacity: int | None = None, every: str = "epoch",
-                 draws: int = 1):
+                 draws: int = 1, directory: str | os.PathLike | None = None):
         if burn_in < 0 or thin < 1 or (capacity is not None and capacity < 1) or draws < 1:
             raise ValueError(f"Collector: need burn_in >= 0, thin >= 1, capacity >= 1 or None, draws >= 1; "
                              f"got burn_in={burn_in}, thin={thin}, capacity={capacity}, draws={draws}")
         if every not in ("epoch", "step"):
             raise ValueError(f"Collector: every must be 'epoch' or 'step', got {every!r}")
         self.burn_in, self.thin, self.capacity, self.every, self.draws = burn_in, thin, capacity, every, draws
-        self.buffer: collections.deque = collections.deque(maxlen=capacity)
+        self.directory = Path(directory) if directory is not None else None
+        self.buffer: collections.deque = collections.deque()
 
     def wants(self, t: int) -> bool:
         return t >= self.burn_in and (t - self.burn_in) % self.thin == 0
 
-    def add(self, method, state, key) -> None:
-        self.buffer.append(tree.clone(method.sample(state, key, self.draws)))
+    def add(self, method, state, key, t: int) -> None:
+        draw = tree.clone(method.sample(state, key, self.draws))
+        if self.directory is not None:
+            path = self.directory / f"sample_{t:08d}.pt"
+            save_checkpoint(path, draw)
+            draw = str(path)
+        self.buffer.append(draw)
+        while self.capacity is not None and len(self.buffer) > self.capacity:
+            old = self.buffer.popleft()
+            if self.directory is not None and os.path.exists(old):
+                os.unlink(old)
+
+    def iter_samples(self):
+        """The kept collections in order, each ``(draws, ...)``, loaded one at a time."""
+        for item in self.buffer:
+            yield load_checkpoint(item) if self.directory is not None else item
 
     def samples(self) -> Samples | None:
         if not self.buffer:
             return None
-        return tree.map(lambda *xs: torch.cat(xs), *self.buffer)
+        return tree.map(lambda *xs: torch.cat(xs), *self.iter_samples())
 
     def validate(self, epochs: int, steps_per_epoch: int) -> None:
         horizon = epochs if self.every == "epoch" else epochs * steps_per_epoch
@@ -171,14 +190,14 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
             global_step = epoch * len(spans) + i
             losses.append(_check_finite(info, epoch, i, global_step))
             if collector is not None and collector.every == "step" and collector.wants(global_step):
-                collector.add(method, state, fr.fold_in(fr.fold_in(key, global_step), 1 << 20))
+                collector.add(method, state, fr.fold_in(fr.fold_in(key, global_step), 1 << 20), global_step)
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4g}", refresh=False)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses),
                   "epoch_s": time.perf_counter() - t_epoch}
         if collector is not None and collector.every == "epoch" and collector.wants(epoch):
-            collector.add(method, state, fr.fold_in(fr.fold_in(key, epoch), 1 << 21))
+            collector.add(method, state, fr.fold_in(fr.fold_in(key, epoch), 1 << 21), epoch)
         if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch == epochs - 1):
             record.update(eval_fn(state, epoch))
         history.append(record)

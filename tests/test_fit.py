@@ -141,3 +141,19 @@ def test_collector_takes_one_draw_per_chain(toy_classification):
                    collector=col)
     assert res.samples.params["fc0.weight"].shape == (6, 4, 8)  # 2 collections x 3 chains
     assert tree.equal(tree.index(res.samples.params, slice(3, 6)), res.state.members.params)
+
+
+def test_collector_on_disk_equals_in_memory_and_resumes(toy_classification, tmp_path):
+    _, m, st = _setup()
+    kw = dict(batch_size=128, progress=False)
+    memory = fbnn.fit(m, st, toy_classification, fr.key(1), epochs=6, collector=Collector(thin=1, capacity=3), **kw)
+    disk = tmp_path / "samples"
+    ckpt = tmp_path / "c.pt"
+    fbnn.fit(m, st, toy_classification, fr.key(1), epochs=4, checkpoint=ckpt,
+             collector=Collector(thin=1, capacity=3, directory=disk), **kw)
+    col = Collector(thin=1, capacity=3, directory=disk)
+    res = fbnn.fit(m, st, toy_classification, fr.key(1), epochs=6, checkpoint=ckpt, resume=True,
+                   collector=col, **kw)
+    assert sorted(os.listdir(disk)) == ["sample_00000003.pt", "sample_00000004.pt", "sample_00000005.pt"]
+    assert tree.equal(memory.samples, res.samples)
+    assert [tree.leaves(c)[0].shape[0] for c in col.iter_samples()] == [1, 1, 1]
