@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 
 from . import likelihoods, methods, metrics, models, optim, tree
 from . import random as fr
-from .fit import fit, load_checkpoint
+from .fit import atomic_write, fit, load_checkpoint
 from .predict import predict, predictive
 
 __all__ = ["main", "build", "load_dataset", "evaluate_run", "write_json_atomic", "git_commit",
@@ -151,19 +149,11 @@ def dev_eval_fn(method, x, y, info: dict, n_samples: int):
 # --- files --------------------------------------------------------------------------------
 
 def write_json_atomic(path, obj) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """JSON written atomically (see ``fit.atomic_write``)."""
+    def write(f):
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    atomic_write(path, write, binary=False)
 
 
 def git_commit() -> str:

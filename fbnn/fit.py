@@ -25,7 +25,7 @@ from . import random as fr
 from . import tree
 from .methods.base import Batch, Samples
 
-__all__ = ["fit", "FitResult", "Collector", "save_checkpoint", "load_checkpoint", "epoch_keys"]
+__all__ = ["fit", "FitResult", "Collector", "atomic_write", "save_checkpoint", "load_checkpoint", "epoch_keys"]
 
 
 class FitResult(NamedTuple):
@@ -91,14 +91,15 @@ class Collector:
                              f"the run ({horizon} {self.every}s); no sample would be kept")
 
 
-def save_checkpoint(path, payload: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
+def atomic_write(path, write: Callable, binary: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it over
+    ``path``: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,6 +107,11 @@ def save_checkpoint(path, payload: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(path, payload: dict) -> None:
+    """``torch.save`` written atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path) -> dict:
