@@ -3,6 +3,9 @@
     python -m experiments.mnist map            # 10 epochs, ~2 min on 2 cores
     python -m experiments.mnist mc_dropout     # 60 epochs
     python -m experiments.mnist ensemble       # 10 members x 10 epochs, vmapped
+    python -m experiments.mnist sgld           # 200 epochs, 90 samples kept on disk
+    python -m experiments.mnist psgld          # 200 epochs, 90 samples
+    python -m experiments.mnist sghmc_sa       # 250 epochs, 100 samples
 
 Each run checkpoints every epoch under ``runs/mnist/<row>`` (``--resume`` continues),
 then adds its row to ``results/mnist.json`` and rewrites ``results/mnist.md``.
@@ -30,6 +33,16 @@ ROWS = {
     "ensemble": ["--method", "ensemble", "--members", "10", "--resample", "bernoulli", "--fraction", "0.8",
                  "--optimizer", "sgd", "--lr", "1e-3", "--momentum", "0.5", "--weight-decay", "0",
                  "--batch-size", "128", "--epochs", "10"],
+    # SG-MCMC: samples after every even epoch from 16, the last 90 kept (epochs 20..198, SPEC 3.6)
+    "sgld": ["--method", "sgld", "--lr", "1e-5", "--prior-sigma", "0.1", "--batch-size", "128",
+             "--epochs", "200", "--collect-from", "16", "--thin", "2", "--keep", "90"],
+    "psgld": ["--method", "psgld", "--lr", "1e-4", "--alpha", "0.99", "--eps", "1e-8", "--prior-sigma", "0.1",
+              "--batch-size", "128", "--epochs", "200", "--collect-from", "16", "--thin", "2", "--keep", "90"],
+    # samples after every even epoch from 20, the last 100 kept (epochs 50..248, SPEC 3.9)
+    "sghmc_sa": ["--method", "sghmc_sa", "--lr", "1e-2", "--friction", "0.05", "--prior-sigma", "0.1",
+                 "--batch-size", "256", "--epochs", "250", "--adapt-epochs", "20",
+                 "--resample-momentum-every", "50", "--resample-prior-every", "15", "--clip-std-mul", "20",
+                 "--collect-from", "20", "--thin", "2", "--keep", "100"],
 }
 
 # The seed's README table (SPEC 0.1): (test log-likelihood summed over 10,000 images, error %).
@@ -117,11 +130,17 @@ def main(argv=None) -> int:
     p.add_argument("--row-name", default=None, help="record under this row name (e.g. ensemble_20)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-record", action="store_true", help="do not write results/")
+    p.add_argument("--epochs", type=int, default=None, help="override the row's epochs (smoke runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
     command = "python -m experiments.mnist " + " ".join(argv if argv is not None else sys.argv[1:])
     name = args.row_name or (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}")
     train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),
                   "--out", str(Path(args.runs_dir) / name)]
+    if args.epochs is not None:
+        train_args += ["--epochs", str(args.epochs)]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.members is not None:
         train_args += ["--members", str(args.members)]
     if args.resume:

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import torch
 
-from . import likelihoods, methods, metrics, models, optim, tree
+from . import likelihoods, methods, metrics, models, optim, priors, tree
 from . import random as fr
-from .fit import atomic_write, fit, load_checkpoint
+from .fit import Collector, atomic_write, fit, load_checkpoint
+from .methods.base import Samples
 from .predict import predict, predictive
 
 __all__ = ["main", "build", "load_dataset", "evaluate_run", "write_json_atomic", "git_commit",
-           "METHODS", "CLASSIFICATION_DATASETS", "REGRESSION_DATASETS"]
+           "METHODS", "SAMPLERS", "CLASSIFICATION_DATASETS", "REGRESSION_DATASETS"]
 
-METHODS = ("map", "mc_dropout", "ensemble")
+METHODS = ("map", "mc_dropout", "ensemble", "sgld", "psgld", "sghmc", "sghmc_sa")
+SAMPLERS = ("sgld", "psgld", "sghmc", "sghmc_sa")
 CLASSIFICATION_DATASETS = ("mnist", "fashion-mnist")
 REGRESSION_DATASETS = ("toy-homo", "toy-hetero", "housing", "concrete", "energy", "power", "wine", "yacht")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -86,6 +88,8 @@ def build(cfg: dict, n_in: int, n_data: int, n_out: int = 10):
         raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
     if name == "mc_dropout" and not cfg["dropout"] and cfg["model"] == "mlp":
         raise ValueError("method 'mc_dropout' needs --dropout p > 0")
+    if name in SAMPLERS:
+        return model, _sampler(cfg, model, lik, n_data)
     kw = {"reduction": cfg["reduction"], "n_data": n_data}
     inner = (methods.mc_dropout if name == "mc_dropout" or cfg.get("member") == "mc_dropout"
              else methods.map)(model, lik, opt, **kw)
@@ -96,6 +100,35 @@ def build(cfg: dict, n_in: int, n_data: int, n_out: int = 10):
     return model, inner
 
 
+def steps_per_epoch(cfg: dict, n_data: int) -> int:
+    return math.ceil(n_data / cfg["batch_size"])
+
+
+def _sampler(cfg: dict, model, lik, n_data: int):
+    """An SG-MCMC method; the gradient is N x minibatch-mean NLL + prior (SPEC 1.3)."""
+    name, lr, sigma = cfg["method"], cfg["lr"], cfg["prior_sigma"]
+    prior = priors.normal(sigma)
+    if name == "sgld":
+        return methods.sgld(model, lik, prior, n_data, lr)
+    if name == "psgld":
+        return methods.psgld(model, lik, prior, n_data, lr, alpha=cfg["alpha"], eps=cfg["eps"])
+    if name == "sghmc":
+        return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"],
+                             resample_momentum_every=cfg["resample_momentum_every"])
+    return methods.sghmc_sa(model, lik, n_data, lr, burn_in=cfg["adapt_epochs"] * steps_per_epoch(cfg, n_data),
+                            friction=cfg["friction"], prior_sigma=sigma,
+                            resample_momentum_every=cfg["resample_momentum_every"],
+                            resample_prior_every=cfg["resample_prior_every"], clip_std_mul=cfg["clip_std_mul"])
+
+
+def _collector(cfg: dict, directory) -> Collector | None:
+    """Samples kept after epoch i when i >= collect_from and (i - collect_from) % thin == 0,
+    the last ``keep`` of them, on disk under ``directory``."""
+    if cfg["method"] not in SAMPLERS:
+        return None
+    return Collector(burn_in=cfg["collect_from"], thin=cfg["thin"], capacity=cfg["keep"], directory=directory)
+
+
 def _init_params(model, cfg, key):
     if cfg["method"] == "ensemble":
         return methods.init_members(model, key, cfg["members"])
@@ -103,6 +136,8 @@ def _init_params(model, cfg, key):
 
 
 def default_eval_samples(cfg: dict) -> int:
+    if cfg["method"] in SAMPLERS:
+        return cfg["keep"]
     if cfg["method"] == "ensemble":
         return cfg["members"]
     return 100 if cfg["method"] == "mc_dropout" else 1
@@ -110,11 +145,27 @@ def default_eval_samples(cfg: dict) -> int:
 
 # --- evaluation ---------------------------------------------------------------------------
 
-def evaluate_run(method, state, x, y, key, n_samples: int, info: dict) -> dict:
-    """Metrics of the posterior predictive on ``(x, y)``."""
+def _collected_outputs(model, collections, x) -> torch.Tensor:
+    """``(S, B, ...)`` model outputs of every collected draw, one collection at a time."""
+    outs = [predict(model, Samples(*draw), x) for draw in collections]
+    if not outs:
+        raise ValueError("no posterior samples were collected (the run ended before --collect-from?)")
+    return torch.cat(outs)
+
+
+def evaluate_run(method, state, x, y, key, n_samples: int, info: dict, collections=None) -> dict:
+    """Metrics of the posterior predictive on ``(x, y)``: from ``n_samples`` draws of
+    ``method.sample``, or from ``collections`` (an iterable of collected
+    ``(params, model_state)`` draws, for SG-MCMC), whose every draw is used."""
     t0 = time.perf_counter()
-    if info["task"] == "classification":
-        sample_probs = predictive(method, state, x, key, n_samples)
+    classification = info["task"] == "classification"
+    if collections is not None:
+        outs = _collected_outputs(method.model, collections, x)
+        n_samples = outs.shape[0]
+    else:
+        outs = predictive(method, state, x, key, n_samples, probs=False)
+    if classification:
+        sample_probs = torch.softmax(outs, -1)
         probs = sample_probs.mean(0)
         total, aleatoric, epistemic = metrics.entropy_decomposition(sample_probs)
         out = {"error_pct": metrics.error_pct(probs, y), "test_loglik_sum": metrics.test_loglik_sum(probs, y),
@@ -122,7 +173,6 @@ def evaluate_run(method, state, x, y, key, n_samples: int, info: dict) -> dict:
                "ece": metrics.ece(probs, y), "mean_total_entropy": float(total.mean()),
                "mean_epistemic_entropy": float(epistemic.mean())}
     else:
-        outs = predictive(method, state, x, key, n_samples, probs=False)
         mean, log_sigma = likelihoods.split_mean_log_sigma(outs)
         means, stds = mean[..., 0], log_sigma[..., 0].exp()
         ll = metrics.gaussian_mixture_loglik(means, stds, y)
@@ -182,15 +232,33 @@ def _check_state_fits(model, method, cfg, state, ckpt_path) -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
+SAMPLER_OPTIONS = ("prior_sigma", "alpha", "eps", "friction", "resample_momentum_every",
+                   "resample_prior_every", "clip_std_mul", "adapt_epochs", "collect_from", "thin", "keep")
+
+
 def _run_config(args) -> dict:
-    return {k: getattr(args, k) for k in (
-        "method", "dataset", "model", "hidden", "dropout", "optimizer", "lr", "momentum",
-        "weight_decay", "reduction", "members", "resample", "fraction", "member", "epochs",
-        "batch_size", "seed", "split")}
+    keys = ("method", "dataset", "model", "hidden", "dropout", "optimizer", "lr", "momentum",
+            "weight_decay", "reduction", "members", "resample", "fraction", "member", "epochs",
+            "batch_size", "seed", "split")
+    if args.method in SAMPLERS:
+        keys += SAMPLER_OPTIONS
+    return {k: getattr(args, k) for k in keys}
+
+
+def _check_sampler_schedule(cfg: dict) -> None:
+    if cfg["method"] not in SAMPLERS:
+        return
+    if cfg["collect_from"] >= cfg["epochs"]:
+        raise ValueError(f"--collect-from {cfg['collect_from']} leaves no epoch to collect in a run of "
+                         f"{cfg['epochs']} epochs")
+    if cfg["method"] == "sghmc_sa" and cfg["adapt_epochs"] >= cfg["epochs"]:
+        raise ValueError(f"--adapt-epochs {cfg['adapt_epochs']} (burn-in) is not shorter than the run "
+                         f"({cfg['epochs']} epochs)")
 
 
 def cmd_train(args) -> dict:
     cfg = _run_config(args)
+    _check_sampler_schedule(cfg)
     x, y, xt, yt, info = load_dataset(args.dataset, args.data_dir, args.split)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     key = fr.key(args.seed)
@@ -212,11 +280,13 @@ def cmd_train(args) -> dict:
     if args.eval_every:
         n_dev = cfg["members"] if cfg["method"] == "ensemble" else 1
         eval_fn = dev_eval_fn(method, xt, yt, info, n_dev)
+    collector = _collector(cfg, out_dir / "samples")
     result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,
-                      eval_fn=eval_fn, eval_every=max(args.eval_every, 1),
-                      checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
-                      meta={"config": cfg}, description=f"{args.method} {args.dataset}")
-    metrics_out = evaluate_run(method, result.state, xt, yt, k_eval, n_eval, info)
+                 eval_fn=eval_fn, eval_every=max(args.eval_every, 1), collector=collector,
+                 checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
+                 meta={"config": cfg}, description=f"{args.method} {args.dataset}")
+    collections = collector.iter_samples() if collector is not None else None
+    metrics_out = evaluate_run(method, result.state, xt, yt, k_eval, n_eval, info, collections)
     metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
                         "epochs": args.epochs, "config": cfg, "commit": commit,
                         "command": " ".join(["fbnn", *sys.argv[1:]]) if args.command_line is None
@@ -238,8 +308,11 @@ def cmd_evaluate(args) -> dict:
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     _check_state_fits(model, method, cfg, ckpt["state"], path)
     key = fr.split(fr.key(args.seed if args.seed is not None else cfg["seed"]), 3)[2]
+    collections = None
+    if cfg["method"] in SAMPLERS:
+        collections = (load_checkpoint(p) for p in ckpt.get("collected", []))
     out = evaluate_run(method, ckpt["state"], xt, yt, key,
-                       args.samples or default_eval_samples(cfg), info)
+                       args.samples or default_eval_samples(cfg), info, collections)
     out.update({"epochs_trained": ckpt["epoch"], "checkpoint": str(path)})
     if args.out:
         write_json_atomic(args.out, out)
@@ -293,12 +366,27 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--member", choices=("map", "mc_dropout"), default="map", help="ensemble member method")
     t.add_argument("--resample", choices=("none", "bernoulli", "bootstrap"), default="bernoulli")
     t.add_argument("--fraction", type=float, default=0.8, help="resampling fraction")
+    g = t.add_argument_group("SG-MCMC (sgld, psgld, sghmc, sghmc_sa)",
+                             "gradient = N x minibatch-mean NLL + prior; samples are kept on disk under "
+                             "OUT/samples after epoch i when i >= --collect-from and (i - collect-from) % "
+                             "--thin == 0, the last --keep of them")
+    g.add_argument("--prior-sigma", type=_positive_float, default=0.1, help="Gaussian prior std (initial, sghmc_sa)")
+    g.add_argument("--alpha", type=float, default=0.99, help="pSGLD RMSprop decay")
+    g.add_argument("--eps", type=_positive_float, default=1e-8, help="pSGLD preconditioner offset")
+    g.add_argument("--friction", type=float, default=0.05, help="SGHMC friction C")
+    g.add_argument("--resample-momentum-every", type=int, default=50, help="steps (SGHMC)")
+    g.add_argument("--resample-prior-every", type=int, default=15, help="steps (sghmc_sa Gibbs precision)")
+    g.add_argument("--clip-std-mul", type=float, default=20.0, help="sghmc_sa dynamic clipping k")
+    g.add_argument("--adapt-epochs", type=int, default=20, help="sghmc_sa burn-in (adaptation) epochs")
+    g.add_argument("--collect-from", type=int, default=16, help="first epoch (0-based) to collect")
+    g.add_argument("--thin", type=int, default=2, help="collect every THIN epochs")
+    g.add_argument("--keep", type=int, default=90, help="FIFO capacity: samples kept and evaluated")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-samples", type=int, default=None,
                    help="posterior samples for the test predictive (default: 1 MAP, 100 MC dropout, "
-                        "members for an ensemble)")
+                        "members for an ensemble; samplers use every kept sample)")
     t.add_argument("--eval-every", type=int, default=0,
                    help="evaluate on the test set every N epochs (deterministic passes; 0: only at the end)")
     t.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.json)")
