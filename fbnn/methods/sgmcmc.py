@@ -132,14 +132,34 @@ def _every(count: torch.Tensor, k) -> torch.Tensor:
 
 
 def _grad_fn(model, likelihood, prior, n_data):
-    """``(params, model_state, batch, key) -> (grad U, (U, new_model_state))``."""
-    loss_fn = base.neg_log_joint(model, likelihood, prior, "dataset", n_data)
+    """``(params, model_state, batch, key) -> (grad U, (U, new_model_state))``.
+
+    A prior with a closed-form gradient (``Prior.grad``) is added outside autograd,
+    which saves several passes over the parameters per step."""
+    if prior is None or prior.grad is None:
+        loss_fn = base.neg_log_joint(model, likelihood, prior, "dataset", n_data)
+    else:
+        loss_fn = base.neg_log_joint(model, likelihood, None, "dataset", n_data)
 
     def with_aux(params, model_state, batch, key):
         loss, new_state = loss_fn(params, model_state, batch, key)
         return loss, (loss, new_state)
 
-    return grad(with_aux, has_aux=True)
+    lik_grad = grad(with_aux, has_aux=True)
+    if prior is None or prior.grad is None:
+        return lik_grad
+
+    def grad_fn(params, model_state, batch, key):
+        grads, (nll, new_state) = lik_grad(params, model_state, batch, key)
+        grads = tree.sub(grads, prior.grad(params))
+        return grads, (nll.detach() - prior.log_prob(params).detach(), new_state)
+
+    return grad_fn
+
+
+def _static_rate(lr):
+    """A constant learning rate as a Python float (fused tensor ops), else None."""
+    return None if callable(lr) else float(lr)
 
 
 def _method(init, step, model, likelihood, name) -> base.Method:
@@ -171,6 +191,7 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature: float = 1.0) ->
     _check_lr(lr, who)
     temperature = _finite_positive(temperature, "temperature", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
+    static_eps = _static_rate(lr)
 
     def init(key, params):
         return SgldState(params, model.init_state(), _zero_count())
@@ -178,10 +199,15 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature: float = 1.0) ->
     def step(state, batch, key):
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
-        eps = _rate(lr, state.count)
-        noise_scale = torch.sqrt(eps * temperature)
         xi = tree.normal_like(k_noise, state.params)
-        params = tree.map(lambda p, g, z: p - 0.5 * eps * g + noise_scale * z, state.params, grads, xi)
+        eps = static_eps if static_eps is not None else _rate(lr, state.count)
+        if static_eps is not None:
+            noise_scale = math.sqrt(eps * temperature)
+            params = tree.map(lambda p, g, z: torch.add(p, g, alpha=-0.5 * eps).add_(z, alpha=noise_scale),
+                              state.params, grads, xi)
+        else:
+            noise_scale = torch.sqrt(eps * temperature)
+            params = tree.map(lambda p, g, z: p - 0.5 * eps * g + noise_scale * z, state.params, grads, xi)
         return SgldState(params, model_state, state.count + 1), {"loss": loss.detach()}
 
     return _method(init, step, model, likelihood, "sgld")
@@ -212,22 +238,26 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
         raise ValueError(f"{who}: alpha must be in (0, 1), got {alpha!r}")
     eps = _finite_positive(eps, "eps", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
+    static_lr = _static_rate(lr)
 
     def init(key, params):
         return PsgldState(params, tree.zeros_like(params), model.init_state(), _zero_count())
 
     def update(p, g, v, z, step_size):
         # V <- alpha V + (1 - alpha) g^2;  G = sqrt(V) + eps
-        v = alpha * v + (1 - alpha) * (g * g)
-        precond = v.sqrt() + eps
+        v = torch.addcmul(v * alpha, g, g, value=1 - alpha)
+        precond = v.sqrt().add_(eps)
         # theta <- theta - (eps/2) g / G + sqrt(eps T / G) xi
+        if isinstance(step_size, float):
+            p = torch.addcdiv(p, g, precond, value=-0.5 * step_size)
+            return torch.addcmul(p, precond.rsqrt_(), z, value=math.sqrt(step_size * temperature)), v
         p = p - 0.5 * step_size * g / precond + torch.sqrt(step_size * temperature / precond) * z
         return p, v
 
     def step(state, batch, key):
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
-        step_size = _rate(lr, state.count)
+        step_size = static_lr if static_lr is not None else _rate(lr, state.count)
         xi = tree.normal_like(k_noise, state.params)
         flat_p, spec = tree.flatten(state.params)
         out = [update(p, g, v, z, step_size) for p, g, v, z in
