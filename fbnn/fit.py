@@ -135,6 +135,13 @@ def _batches(n: int, batch_size: int, drop_last: bool):
     return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
 
 
+def _orders(shuffle_key, n: int, streams: int) -> torch.Tensor:
+    """One epoch's example order: ``(n,)``, or ``(streams, n)`` independent shuffles."""
+    if streams == 1:
+        return fr.permutation(shuffle_key, n)
+    return torch.stack([fr.permutation(k, n) for k in fr.split(shuffle_key, streams)])
+
+
 def _check_finite(info: dict, epoch: int, step: int, global_step: int) -> float:
     loss = info["loss"]
     if not torch.isfinite(loss).all():
@@ -167,8 +174,11 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
         raise ValueError(f"fit: no full batch of {batch_size} in {n} examples with drop_last=True")
     if collector is not None:
         collector.validate(epochs, len(spans))
+    streams = method.streams
     settings = {"method": method.name, "n": n, "batch_size": batch_size, "drop_last": drop_last,
                 "key": key.tolist()}
+    if streams > 1:
+        settings["streams"] = streams
 
     history: list = []
     start_epoch, wall_before = 0, 0.0
@@ -187,11 +197,11 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
                desc=description or method.name, dynamic_ncols=True, mininterval=1.0)
     for epoch in range(start_epoch, epochs):
         shuffle_key, step_base = epoch_keys(key, epoch)
-        order = fr.permutation(shuffle_key, n)
+        order = _orders(shuffle_key, n, streams)
         losses = []
         t_epoch = time.perf_counter()
         for i, (lo, hi) in enumerate(spans):
-            idx = order[lo:hi]
+            idx = order[..., lo:hi]
             state, info = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(step_base, i))
             global_step = epoch * len(spans) + i
             losses.append(_check_finite(info, epoch, i, global_step))

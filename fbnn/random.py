@@ -4,9 +4,10 @@ A key is an int64 tensor of shape ``(2,)`` holding two 32-bit words. ``split`` a
 ``fold_in`` derive new keys by hashing with plain tensor arithmetic, so they work
 under ``vmap`` and ``grad``. Every draw seeds a private ``torch.Generator`` from the
 key: the same key gives bitwise the same numbers, and torch's global RNG is never
-read or changed. Draws carry their own batching rule, so a function that draws
-from a key can be ``vmap``-ed over a batch of keys, and the result equals a Python
-loop over those keys bit for bit.
+read or changed. Under ``vmap`` key arithmetic and draws run once on the plain batch
+of keys behind the batched tensors (``_lift``), so a function that draws from a key
+can be ``vmap``-ed over a batch of keys, and the result equals a Python loop over
+those keys bit for bit.
 """
 from __future__ import annotations
 
@@ -62,15 +63,37 @@ def _mix(words: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], dim=-1)
 
 
+def _fold_in(k: torch.Tensor, d: torch.Tensor, num: int) -> torch.Tensor:
+    lo, hi = d & _MASK32, (d >> 32) & _MASK32
+    k = _mix(torch.stack([k[..., 0] ^ lo, (k[..., 1] + lo * 0x2545F491) & _MASK32], dim=-1))
+    return _mix(torch.stack([k[..., 0] ^ hi, (k[..., 1] + hi * 0x5851F42D + 1) & _MASK32], dim=-1))
+
+
+def _split(k: torch.Tensor, d: torch.Tensor, num: int) -> torch.Tensor:
+    counters = torch.arange(num, dtype=torch.int64)
+    hi, lo = k[..., 0:1], k[..., 1:2]
+    return _mix(torch.stack([hi ^ counters, (lo + counters * 0x2545F491 + 1) & _MASK32], dim=-1))
+
+
+def _key_op(k, d, op, num):
+    """``op`` on keys ``k (..., 2)`` and data ``d``, which broadcast right-aligned per
+    example; under ``vmap`` it runs once on the whole batch (see ``_lift``)."""
+    def run(k, d, nb):
+        # the nb leading axes are vmap batch axes: pad the per-example axes after them
+        lead, k_ex, d_ex = k.shape[:nb], k.shape[nb:-1], d.shape[nb:]
+        rank = max(len(k_ex), len(d_ex))
+        k = k.reshape((*lead, *(1,) * (rank - len(k_ex)), *k_ex, 2))
+        d = d.reshape((*lead, *(1,) * (rank - len(d_ex)), *d_ex))
+        return op(k, d, num)
+    return _lift(run, [k, d])
+
+
 def fold_in(k: torch.Tensor, data) -> torch.Tensor:
     """A new key from ``k`` and an integer (or int64 tensor) ``data``: ``(2,) -> (2,)``.
 
     All 64 bits of ``data`` count: the low word is folded in, mixed, then the high word."""
     _check_key(k, "fold_in")
-    d = torch.as_tensor(data, dtype=torch.int64)
-    lo, hi = d & _MASK32, (d >> 32) & _MASK32
-    k = _mix(torch.stack([k[..., 0] ^ lo, (k[..., 1] + lo * 0x2545F491) & _MASK32], dim=-1))
-    return _mix(torch.stack([k[..., 0] ^ hi, (k[..., 1] + hi * 0x5851F42D + 1) & _MASK32], dim=-1))
+    return _key_op(k, torch.as_tensor(data, dtype=torch.int64), _fold_in, 0)
 
 
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -78,9 +101,7 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     _check_key(k, "split")
     if num < 1:
         raise ValueError(f"split: num must be >= 1, got {num}")
-    counters = torch.arange(num, dtype=torch.int64)
-    hi, lo = k[..., 0:1], k[..., 1:2]
-    return _mix(torch.stack([hi ^ counters, (lo + counters * 0x2545F491 + 1) & _MASK32], dim=-1))
+    return _key_op(k, torch.zeros((), dtype=torch.int64), _split, num)
 
 
 def seed_of(k: torch.Tensor) -> int:
@@ -89,8 +110,11 @@ def seed_of(k: torch.Tensor) -> int:
     return ((hi & _MASK32) << 32) | (lo & _MASK32)
 
 
+_GENERATOR = torch.Generator()  # reseeded for every draw, which fixes its whole state
+
+
 def _generator(k: torch.Tensor) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_of(k))
+    return _GENERATOR.manual_seed(seed_of(k))
 
 
 def _draw_concrete(k, kind, shape, dtype, arg):
@@ -108,59 +132,51 @@ def _draw_concrete(k, kind, shape, dtype, arg):
     raise ValueError(f"unknown draw kind {kind!r}")
 
 
-try:
-    from torch._C._functorch import (get_unwrapped, is_batchedtensor, is_functorch_wrapped_tensor,
-                                     maybe_current_level)
-except ImportError:  # pragma: no cover - older torch: always take the autograd.Function path
-    get_unwrapped = is_batchedtensor = maybe_current_level = None
+from torch._C._functorch import (_add_batch_dim, get_unwrapped, is_batchedtensor,  # noqa: E402
+                                 is_functorch_wrapped_tensor, maybe_current_level, maybe_get_bdim,
+                                 maybe_get_level)
 
 
-def _concrete_key(k: torch.Tensor):
-    """The plain tensor behind ``k`` if no ``vmap`` level batches it, else ``None``.
+def _peel(x: torch.Tensor) -> torch.Tensor:
+    """Strip the wrappers of non-batching transforms (``grad``): keys and draws are
+    constants to them."""
+    while is_functorch_wrapped_tensor(x) and not is_batchedtensor(x):
+        x = get_unwrapped(x)
+    return x
 
-    Under ``grad`` a key is wrapped but holds one value, which can be read directly."""
-    if get_unwrapped is None:
-        return None
-    while is_functorch_wrapped_tensor(k):
-        if is_batchedtensor(k):
-            return None
-        k = get_unwrapped(k)
-    return k
+
+def _lift(fn, args, nb: int = 0):
+    """``fn(*plain_args, nb)`` on the plain tensors behind ``vmap``'s batched ones.
+
+    Keys are integers and draws are constants to every transform, so instead of going
+    op by op through vmap's batching (slow for the dozens of small ops of a hash, and
+    impossible for a seeded generator), each batching level is unwrapped with its batch
+    axis moved to the front (arguments it does not batch are expanded), ``fn`` runs
+    once on plain tensors with ``nb`` leading batch axes, and the result is wrapped
+    back level by level. This is exactly what a loop over the batch computes.
+    """
+    args = [_peel(a) for a in args]
+    levels = [maybe_get_level(a) if is_batchedtensor(a) else -1 for a in args]
+    top = max(levels)
+    if top < 0:
+        if maybe_current_level() is None:
+            return fn(*args, nb)
+        with torch._C._DisableFuncTorch():
+            return fn(*args, nb)
+    size = next(get_unwrapped(a).shape[maybe_get_bdim(a)] for a, lv in zip(args, levels) if lv == top)
+    inner = [get_unwrapped(a).movedim(maybe_get_bdim(a), 0) if lv == top else a.expand(size, *a.shape)
+             for a, lv in zip(args, levels)]
+    return _add_batch_dim(_lift(fn, inner, nb + 1), 0, top)
 
 
 def _dispatch(k, kind, shape, dtype, arg):
-    concrete = _concrete_key(k)
-    if concrete is None:
-        return _Draw.apply(k, kind, shape, dtype, arg)
-    if maybe_current_level() is None:
-        return _draw_concrete(concrete, kind, shape, dtype, arg)
-    with torch._C._DisableFuncTorch():  # a keyed draw is a constant to every transform
-        return _draw_concrete(concrete, kind, shape, dtype, arg)
-
-
-class _Draw(torch.autograd.Function):
-    """A random draw keyed by a tensor, with a batching rule that loops over keys.
-
-    Under ``vmap`` the key is batched and cannot be read as a number; the rule below
-    unwraps one level, draws per key and stacks, which is exactly what a loop does.
-    """
-
-    @staticmethod
-    def forward(k, kind, shape, dtype, arg):
-        return _draw_concrete(k, kind, shape, dtype, arg)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output)
-
-    @staticmethod
-    def vmap(info, in_dims, k, kind, shape, dtype, arg):
-        dim = in_dims[0]
-        if dim is None:
-            return _dispatch(k, kind, shape, dtype, arg), None
-        keys = k.movedim(dim, 0)
-        return torch.stack([_dispatch(keys[i], kind, shape, dtype, arg)
-                            for i in range(info.batch_size)]), 0
+    def run(k, nb):
+        if nb == 0:
+            return _draw_concrete(k, kind, shape, dtype, arg)
+        keys = k.reshape(-1, 2)  # one draw per key, as a loop over the batch would
+        draws = [_draw_concrete(keys[i], kind, shape, dtype, arg) for i in range(keys.shape[0])]
+        return torch.stack(draws).reshape((*k.shape[:nb], *draws[0].shape))
+    return _lift(run, [k])
 
 
 def _shape(shape) -> tuple:

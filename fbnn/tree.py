@@ -119,10 +119,21 @@ def full_like(tree: PyTree, value: float) -> PyTree:
 
 
 def normal_like(key: torch.Tensor, tree: PyTree) -> PyTree:
-    """Independent standard normals shaped like each leaf, one subkey per leaf."""
+    """Independent standard normals shaped like each leaf.
+
+    One flat draw per dtype (subkey ``i`` of ``split(key, #dtypes)`` for the ``i``-th
+    dtype in flatten order), cut into the leaves in flatten order: one draw per step
+    however many tensors a model has, which keeps ``vmap`` over many keys cheap."""
     flat, spec = flatten(tree)
-    keys = fr.split(key, max(len(flat), 1))
-    return unflatten([fr.normal(k, x.shape, x.dtype) for k, x in zip(keys, flat)], spec)
+    dtypes = list(dict.fromkeys(x.dtype for x in flat))
+    out: list = [None] * len(flat)
+    for k, dtype in zip(fr.split(key, max(len(dtypes), 1)), dtypes):
+        where = [i for i, x in enumerate(flat) if x.dtype == dtype]
+        sizes = [flat[i].numel() for i in where]
+        draw = fr.normal(k, (sum(sizes),), dtype)
+        for i, piece in zip(where, torch.split(draw, sizes)):
+            out[i] = piece.reshape(flat[i].shape)
+    return unflatten(out, spec)
 
 
 def add(a: PyTree, b: PyTree) -> PyTree:

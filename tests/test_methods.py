@@ -65,27 +65,54 @@ def test_mc_dropout_samples_are_keyed_masks(toy_classification):
     assert samples.params["fc0.weight"].stride(0) == 0  # views, no copies
 
 
-def test_ensemble_vmap_equals_a_loop_over_members(toy_classification):
+@pytest.mark.parametrize("batches", ["shared", "independent"])
+def test_ensemble_vmap_equals_a_loop_over_members(toy_classification, batches):
     x, y = toy_classification
     model = models.mlp([8, 16, 3])
     inner = _map(model, lr=0.01)
     n = 3
-    ens = methods.ensemble(inner, n, resample="bernoulli", n_data=256)
+    ens = methods.ensemble(inner, n, resample="bernoulli", n_data=256, batches=batches)
+    assert ens.streams == (n if batches == "independent" else 1)
     params = methods.init_members(model, fr.key(0), n)
     st = ens.init(fr.key(1), params)
-    batches = [methods.Batch(x[i:i + 32], y[i:i + 32], torch.arange(i, i + 32)) for i in range(0, 96, 32)]
-    step_keys = fr.split(fr.key(2), len(batches))
-    for b, k in zip(batches, step_keys):
+    if batches == "shared":
+        idxs = [torch.arange(i, i + 32) for i in range(0, 96, 32)]
+    else:  # member j sees its own examples: (n, B) indices
+        idxs = [torch.stack([fr.permutation(fr.fold_in(fr.key(9), 10 * t + j), 256)[:32] for j in range(n)])
+                for t in range(3)]
+    batches_ = [methods.Batch(x[i], y[i], i) for i in idxs]
+    step_keys = fr.split(fr.key(2), len(batches_))
+    for b, k in zip(batches_, step_keys):
         st, info = ens.step(st, b, k)
     assert info["loss"].shape == (n,)
-    # the same members trained one at a time with the same keys and weights
+    # the same members trained one at a time with the same keys, weights and examples
     member_keys = fr.split(fr.split(fr.key(1), 2)[0], n)
     for j in range(n):
         s = inner.init(member_keys[j], tree.index(params, j))
-        for b, k in zip(batches, step_keys):
-            w = st.weights[j, b.idx]
-            s, _ = inner.step(s, methods.Batch(b.x, b.y, b.idx, w), fr.split(k, n)[j])
+        for b, k in zip(batches_, step_keys):
+            i = b.idx if batches == "shared" else b.idx[j]
+            s, _ = inner.step(s, methods.Batch(x[i], y[i], i, st.weights[j, i]), fr.split(k, n)[j])
         assert tree.allclose(s.params, tree.index(st.members.params, j), atol=1e-5, rtol=1e-5)
+
+
+def test_fit_gives_ensemble_members_independent_shuffles(toy_classification):
+    # batch sizes 1: a member's first step sees one example, and the members' examples differ
+    x, y = toy_classification
+    model = models.mlp([8, 4, 3])
+    seen = []
+
+    def spy_step(state, batch, key):
+        seen.append(batch.idx.clone())
+        return state, {"loss": torch.zeros(())}
+
+    spy = methods.Method(lambda k, p: 0, spy_step, None, lambda s, x, y: None, model, False, "spy", 4)
+    fbnn.fit(spy, 0, (x, y), fr.key(0), epochs=2, batch_size=64, progress=False)
+    assert all(i.shape == (4, 64) for i in seen[:4]) and seen[-1].shape == (4, 64)
+    epoch0 = torch.cat(seen[:4], dim=1)
+    for j in range(4):  # each stream is a permutation of the data within an epoch
+        assert torch.equal(epoch0[j].sort().values, torch.arange(256))
+    assert not torch.equal(epoch0[0], epoch0[1])
+    assert not torch.equal(epoch0, torch.cat(seen[4:], dim=1))
 
 
 def test_ensemble_resampling_weights():

@@ -384,7 +384,7 @@ def test_ensemble_of_chains_equals_a_loop(index, toy_classification):
     n = 3
     batches = [base.Batch(x[16 * t:16 * t + 16], y[16 * t:16 * t + 16]) for t in range(5)]
     params = tree.astype(methods.init_members(model, fr.key(1), n), torch.float64)
-    ens = methods.ensemble(method, n)
+    ens = methods.ensemble(method, n, batches="shared")
     vmapped, info = _run(ens, ens.init(fr.key(0), params), batches, fr.key(2))
     assert info["loss"].shape == (n,)
     init_keys = fr.split(fr.split(fr.key(0), 2)[0], n)

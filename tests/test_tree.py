@@ -237,14 +237,17 @@ def test_normal_like_deterministic_and_shaped():
     c = tree.normal_like(fr.key(1), t)
     for x, y in zip(tree.leaves(a), tree.leaves(c)):
         assert not torch.equal(x, y)
-    # Leaves get independent subkeys: two same-shaped leaves are not identical.
+    # Two same-shaped leaves are not identical.
     two = tree.normal_like(k, {"p": torch.zeros(16), "q": torch.zeros(16)})
     assert not torch.equal(two["p"], two["q"])
-    # Draw equals one normal per split subkey in flatten order.
-    leaves_ = tree.leaves(t)
-    keys = fr.split(k, len(leaves_))
-    for sub, x, y in zip(keys, tree.leaves(a), leaves_):
-        assert torch.equal(x, fr.normal(sub, y.shape, y.dtype))
+    # Draw equals one flat normal per dtype (a subkey each, in order of first appearance),
+    # cut into that dtype's leaves in flatten order.
+    leaves_, drawn = tree.leaves(t), tree.leaves(a)
+    dtypes = list(dict.fromkeys(x.dtype for x in leaves_))
+    for sub, dtype in zip(fr.split(k, len(dtypes)), dtypes):
+        mine = [i for i, x in enumerate(leaves_) if x.dtype == dtype]
+        flat = fr.normal(sub, (sum(leaves_[i].numel() for i in mine),), dtype)
+        assert torch.equal(torch.cat([drawn[i].reshape(-1) for i in mine]), flat)
 
 
 def test_normal_like_under_vmap_equals_loop():

@@ -275,7 +275,7 @@ def bench_ensemble(cfg: Config, repeats: int) -> dict:
     model = mlp(MNIST_SIZES)
     single = methods.map_estimate(model, likelihoods.categorical(), optim.sgd(1e-3, momentum=0.5),
                                   reduction="sum")
-    ens = methods.ensemble(single, cfg.members)
+    ens = methods.ensemble(single, cfg.members, batches="shared")  # same batches as the loop
     batches, n_train = train_batches(cfg.steps, cfg.batch_size)
     keys = [fr.fold_in(fr.key(3), i) for i in range(cfg.steps)]
     params0 = methods.init_members(model, fr.key(4), cfg.members)

@@ -10,7 +10,11 @@ A ``Method`` is a bundle of pure functions:
   this model (input shape, NaN, label range);
 - ``keyed``: whether predictions from ``sample``'s draws need a key per draw
   (MC dropout's masks);
-- ``model``, ``name``.
+- ``model``, ``name``;
+- ``streams``: how many independent minibatch streams ``step`` consumes. 1 for a
+  single method; ``ensemble(..., batches="independent")`` has one per member and takes
+  batches with a leading member axis, ``x (n, B, ...)``, which ``fit`` builds from
+  ``n`` independent shuffles.
 Methods never know the architecture: they see ``model.apply_train`` and
 ``likelihood.log_lik``, so any model from ``from_module`` works with every method.
 """
@@ -52,6 +56,7 @@ class Method(NamedTuple):
     model: Any
     keyed: bool
     name: str
+    streams: int = 1
 
 
 def expand_samples(params, model_state, n: int) -> Samples:

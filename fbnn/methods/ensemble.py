@@ -1,8 +1,12 @@
 """Ensembles and parallel chains: any method, ``n`` members, trained together with ``vmap``.
 
 ``ensemble(method, n)`` vmaps ``method.init`` and ``method.step`` over members with
-per-member keys. Every member sees the same minibatch; resampling gives each member
-its own data through per-example weights fixed at ``init``:
+per-member keys. With ``batches="independent"`` (the default) every member has its own
+minibatch stream: ``step`` takes batches with a leading member axis ``(n, B, ...)``,
+which ``fit`` draws from ``n`` independent shuffles, as if each member were trained on
+its own. ``batches="shared"`` feeds every member the same minibatch ``(B, ...)``
+(cheaper to index, but the members' gradient noise is then correlated). Resampling
+gives each member its own data through per-example weights fixed at ``init``:
 - ``"bernoulli"``: keep each training example with probability ``fraction`` (the seed's
   MNIST "bootstrap", SPEC 3.2: a subsample without replacement);
 - ``"bootstrap"``: counts of a with-replacement resample of ``round(fraction * n_data)``
@@ -24,6 +28,7 @@ from . import base
 __all__ = ["EnsembleState", "ensemble", "init_members"]
 
 RESAMPLING = (None, "bernoulli", "bootstrap")
+BATCHES = ("independent", "shared")
 
 
 class EnsembleState(NamedTuple):
@@ -48,7 +53,7 @@ def _resample_weights(key, n, n_data, resample, fraction):
 
 
 def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data: int | None = None,
-             fraction: float = 0.8) -> base.Method:
+             fraction: float = 0.8, batches: str = "independent") -> base.Method:
     """``n`` members of ``method`` trained side by side (see module docstring).
 
     ``init(key, params)`` takes stacked parameters (leading axis ``n``, e.g. from
@@ -58,6 +63,12 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"ensemble: n must be a positive int, got {n!r}")
+    if batches not in BATCHES:
+        raise ValueError(f"ensemble: unknown batches {batches!r}; choose one of {BATCHES}")
+    if method.streams != 1:
+        raise ValueError("ensemble: the inner method already takes several minibatch streams "
+                         "(an ensemble with batches='independent'); nest with batches='shared'")
+    independent = batches == "independent"
     if resample not in RESAMPLING:
         raise ValueError(f"ensemble: unknown resample {resample!r}; choose one of {RESAMPLING}")
     if resample is not None:
@@ -72,8 +83,11 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
     def member_step(state, x, y, idx, weight, key):
         return method.step(state, base.Batch(x, y, idx, weight), key)
 
-    step_shared = vmap(member_step, in_dims=(0, None, None, None, None, 0))
-    step_weighted = vmap(member_step, in_dims=(0, None, None, None, 0, 0))
+    def step_members(members, x, y, idx, weight, keys, weight_dim):
+        data_dim = 0 if independent else None
+        dims = (0, data_dim, data_dim, None if idx is None else data_dim,
+                None if weight is None else weight_dim, 0)
+        return vmap(member_step, in_dims=dims)(members, x, y, idx, weight, keys)
 
     def init(key, params):
         lead = {leaf.shape[0] for leaf in tree.leaves(params)}
@@ -84,17 +98,26 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
         members = member_init(fr.split(k_init, n), params)
         return EnsembleState(members, _resample_weights(k_weights, n, n_data, resample, fraction))
 
+    def check_batch(batch):
+        if independent and (batch.x.dim() < 2 or batch.x.shape[0] != n or batch.y.shape[0] != n):
+            raise ValueError(f"ensemble(batches='independent').step: expected per-member batches with a "
+                             f"leading axis of size {n} (x (n, B, ...)), as fit builds them, got x of "
+                             f"shape {tuple(batch.x.shape)}; use batches='shared' to feed one batch to all")
+
     def step(state, batch, key):
+        check_batch(batch)
         keys = fr.split(key, n)
         if resample is None:
-            members, info = step_shared(state.members, batch.x, batch.y, batch.idx, batch.weight, keys)
+            members, info = step_members(state.members, batch.x, batch.y, batch.idx, batch.weight, keys,
+                                         0 if independent else None)
         else:
             if batch.idx is None:
                 raise ValueError("ensemble with resampling needs batch.idx (dataset indices)")
-            weight = state.weights[:, batch.idx]
+            weight = (torch.gather(state.weights, 1, batch.idx) if independent
+                      else state.weights[:, batch.idx])
             if batch.weight is not None:
                 weight = weight * batch.weight
-            members, info = step_weighted(state.members, batch.x, batch.y, batch.idx, weight, keys)
+            members, info = step_members(state.members, batch.x, batch.y, batch.idx, weight, keys, 0)
         return EnsembleState(members, state.weights), info
 
     def sample(state, key, m):
@@ -107,4 +130,5 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
     def check(state, x, y):
         method.check(tree.index(state.members, 0), x, y)
 
-    return base.Method(init, step, sample, check, method.model, method.keyed, f"ensemble({method.name})")
+    return base.Method(init, step, sample, check, method.model, method.keyed, f"ensemble({method.name})",
+                       n if independent else 1)
