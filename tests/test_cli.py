@@ -88,3 +88,24 @@ def test_help_on_every_subcommand(capsys):
             cli.main([*sub, "--help"])
         assert exc.value.code == 0
     assert "--resume" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["sgld", "psgld", "sghmc", "sghmc_sa"])
+def test_samplers_collect_on_disk_and_evaluate_every_kept_sample(tmp_path, method):
+    rc, out = _train(tmp_path, "--method", method, "--lr", "1e-4", "--epochs", "4", "--collect-from", "1",
+                     "--thin", "1", "--keep", "2", "--adapt-epochs", "1", "--batch-size", "32")
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_samples"] == 2 and metrics["config"]["keep"] == 2
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["sample_00000002.pt", "sample_00000003.pt"]
+    assert cli.main(["evaluate", str(out), "--out", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["test_loglik"] == pytest.approx(metrics["test_loglik"], abs=1e-9)
+
+
+def test_sampler_schedule_errors(tmp_path, capsys):
+    assert _train(tmp_path, "--method", "sgld", "--epochs", "4", "--collect-from", "4")[0] == 2
+    assert "leaves no epoch to collect" in capsys.readouterr().err
+    assert _train(tmp_path, "--method", "sghmc_sa", "--epochs", "4", "--collect-from", "1",
+                  "--adapt-epochs", "5")[0] == 2
+    assert "burn-in" in capsys.readouterr().err
