@@ -11,8 +11,6 @@ those keys bit for bit.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
@@ -128,7 +126,7 @@ def _draw_concrete(k, kind, shape, dtype, arg):
     if kind == "randint":
         return torch.randint(0, arg, shape, generator=g)
     if kind == "gamma":
-        return _gamma_marsaglia_tsang(g, arg, shape, dtype)
+        return torch._standard_gamma(torch.full(shape, arg, dtype=torch.float64), generator=g).to(dtype)
     raise ValueError(f"unknown draw kind {kind!r}")
 
 
@@ -222,28 +220,7 @@ def randint(k, high: int, shape) -> torch.Tensor:
 
 
 def gamma(k, concentration: float, shape, dtype=torch.float32) -> torch.Tensor:
-    """Gamma(concentration, rate=1) draws (Marsaglia & Tsang); divide by a rate as needed."""
+    """Gamma(concentration, rate=1) draws (torch's sampler, float64 inside); divide by a rate as needed."""
     if not concentration > 0:
         raise ValueError(f"gamma: concentration must be > 0, got {concentration}")
     return _draw(k, "gamma", shape, dtype, arg=float(concentration), who="gamma")
-
-
-def _gamma_marsaglia_tsang(g: torch.Generator, a: float, shape, dtype) -> torch.Tensor:
-    boost = a < 1.0
-    d = (a + 1.0 if boost else a) - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    n = math.prod(shape)
-    out = torch.empty(n, dtype=torch.float64)
-    filled = 0
-    while filled < n:
-        m = max(2 * (n - filled), 16)
-        x = torch.randn(m, generator=g, dtype=torch.float64)
-        u = torch.rand(m, generator=g, dtype=torch.float64)
-        v = (1.0 + c * x) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * x ** 2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
-        acc = (d * v)[ok][: n - filled]
-        out[filled: filled + acc.numel()] = acc
-        filled += acc.numel()
-    if boost:
-        out = out * torch.rand(n, generator=g, dtype=torch.float64) ** (1.0 / a)
-    return out.reshape(shape).to(dtype)

@@ -1,6 +1,6 @@
 """Parallel SG-MCMC chains: 16 chains vmapped against 1 chain, wall time per step.
 
-    python -m experiments.benchmarks.sgmcmc_chains [--chains 16] [--steps 200] [--repeats 5]
+    python -m experiments.benchmarks.sgmcmc_chains [--chains 16] [--steps 200] [--repeats 5] [--json PATH]
 
 A UCI-sized regression net (13-50-1, heteroscedastic head) on the housing data's
 first standard split, minibatch 32; every sampler of ``fbnn.methods`` as one chain and
@@ -42,7 +42,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", default=None, help="write the medians and raw times here")
     args = p.parse_args(argv)
+    report = {"chains": args.chains, "steps": args.steps, "repeats": args.repeats, "batch_size": args.batch_size,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "samplers": {}}
     data = uci_split("housing", 0)
     n = data.x_train.shape[0]
     model = models.mlp([data.x_train.shape[1], 50, 1], head="hetero")
@@ -66,7 +69,12 @@ def main(argv=None) -> int:
             t1.append(time_steps(single, s1, batches, keys))
             tc.append(time_steps(chains, sc, chain_batches, keys))
         m1, mc = statistics.median(t1), statistics.median(tc)
-        print(f"{name:10s} {1e3 * m1:18.3f} {1e3 * mc:20.3f} {mc / m1:7.2f}")
+        print(f"{name:10s} {1e3 * m1:18.3f} {1e3 * mc:20.3f} {mc / m1:7.2f}", flush=True)
+        report["samplers"][name] = {"one_chain_s": m1, "chains_s": mc, "ratio": mc / m1,
+                                    "one_chain_raw_s": t1, "chains_raw_s": tc}
+    if args.json:
+        from fbnn.cli import write_json_atomic
+        write_json_atomic(args.json, report)
     return 0
 
 
