@@ -50,10 +50,14 @@ def make_log_posterior(model, lik, prior, n_data):
 
 
 def posteriors_step(transform):
+    """``(state, batch) -> state``, in place where the installed version allows it."""
     update = transform.update
-    if "inplace" in inspect.signature(update).parameters:
-        return lambda state, batch: update(state, batch, inplace=True)
-    return update
+    kw = {"inplace": True} if "inplace" in inspect.signature(update).parameters else {}
+
+    def step(state, batch):
+        out = update(state, batch, **kw)
+        return out[0] if isinstance(out, tuple) else out  # newer versions return (state, aux)
+    return step
 
 
 def timed(run, steps) -> float:
