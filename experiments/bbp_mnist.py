@@ -139,7 +139,7 @@ def dev_eval_fn(method, xt, yt, best_path: Path | None):
 
 
 def _data(args):
-    x, y, xt, yt, info = cli.load_dataset("mnist", args.data_dir)
+    x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
     if args.subset:
         x, y = x[:args.subset], y[:args.subset]
     if args.test_subset:
@@ -163,7 +163,7 @@ def cmd_train(args) -> dict:
     cfg = config(args.row, epochs=args.epochs, select=args.select, eval_samples=args.eval_samples)
     cfg.update({"seed": args.seed, "subset": args.subset, "method": None})
     x, y, xt, yt = _data(args)
-    model, method, n_batches = build(cfg, x.shape[0])
+    model, method, _ = build(cfg, x.shape[0])
     cfg["method"] = method.name
     out_dir = run_dir(args, args.row)
     ckpt = out_dir / "checkpoint.pt"
@@ -200,10 +200,10 @@ def cmd_train(args) -> dict:
 def pruning_markdown(results: dict) -> str:
     fr_cols = " | ".join(f"{f:g}" for f in pruning.SEED_FRACTIONS)
     lines = ["# Weight pruning of the BBP MNIST nets (SPEC 0.2, 4.6)", "",
-             "Test error (%) of the 100-sample predictive after removing the given fraction of all "
-             "weights and biases with the lowest score (pruned: mu = 0, rho = -1000, i.e. sigma = 1e-6). "
-             "Scores: `snr` = |mu|/sigma; `kl` = per-weight KL(q || prior), Monte Carlo with 20 samples "
-             "as the seed. `seed` rows: the seed notebooks (SPEC 0.2).", "",
+             ("Test error (%) of the 100-sample predictive after removing the given fraction of all "
+              "weights and biases with the lowest score (pruned: mu = 0, rho = -1000, i.e. sigma = 1e-6). "
+              "Scores: `snr` = |mu|/sigma; `kl` = per-weight KL(q || prior), Monte Carlo with 20 samples "
+              "as the seed. `seed` rows: the seed notebooks (SPEC 0.2)."), "",
              f"| row | criterion | {fr_cols} | kept at .99 / .995 | command |",
              "|---|---|" + "---|" * len(pruning.SEED_FRACTIONS) + "---|---|"]
     for key in sorted(results):
@@ -250,19 +250,29 @@ def cmd_prune(args) -> dict:
     out_dir = run_dir(args, args.row)
     ckpt = load_checkpoint(out_dir / "checkpoint.pt")
     cfg = ckpt["meta"]["config"]
-    x, y, xt, yt = _data(args)
+    x, _, xt, yt = _data(args)
     _, method, _ = build(cfg, cfg.get("subset") or x.shape[0])
     state, _ = selected_state(cfg, out_dir, ckpt["state"])
     fractions = args.fractions or list(pruning.SEED_FRACTIONS)
-    res = prune_run(method, state, make_prior(cfg["prior"]), xt, yt, fr.key(args.seed + 1), args.criteria,
-                    fractions, args.eval_samples or cfg["eval_samples"], rule=args.rule)
-    for criterion, rows in res.items():
+    prior = make_prior(cfg["prior"])
+    out, failed = {}, []
+    for criterion in args.criteria:  # each criterion recorded as soon as it is done
+        try:
+            rows = prune_run(method, state, prior, xt, yt, fr.key(args.seed + 1), [criterion], fractions,
+                             args.eval_samples or cfg["eval_samples"], rule=args.rule)[criterion]
+        except ValueError as err:  # e.g. KL scores under the seed's joint-sum "mixture"
+            print(f"bbp_mnist prune: {args.row} {criterion}: skipped: {err}", file=sys.stderr)
+            failed.append(criterion)
+            continue
         entry = {"row": args.row, "criterion": criterion, "rule": args.rule, "rows": rows,
                  "epochs_trained": ckpt["epoch"], "command": args.command_line, "commit": cli.git_commit()}
         print(json.dumps(entry, indent=2))
         if not args.no_record:
             record_pruning(f"{args.row}/{criterion}", entry)
-    return res
+        out[criterion] = rows
+    if failed and not out:
+        raise ValueError(f"no pruning criterion could be evaluated ({', '.join(failed)})")
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -278,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--eval-samples", type=int, default=None, help="posterior samples (default 100)")
         s.add_argument("--data-dir", default=None)
         s.add_argument("--no-record", action="store_true", help="do not write results/")
+        s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
         s.set_defaults(func=func)
         if name == "train":
             s.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
@@ -297,6 +308,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.command_line = "python -m experiments.bbp_mnist " + " ".join(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:

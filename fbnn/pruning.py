@@ -20,10 +20,9 @@ import numbers
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, tree
 from . import priors as fp
 from . import random as fr
-from . import tree
 from .methods import vi
 from .predict import predict_probs
 

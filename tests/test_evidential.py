@@ -87,6 +87,18 @@ def test_belief_and_uncertainty_sum_to_one_and_log_alpha_view(evidence):
     assert torch.allclose(u0[0], u[0], rtol=1e-5)
 
 
+def test_predicted_class_keeps_the_order_of_vanishing_evidence():
+    # outputs near -30: softplus evidence ~1e-13, every alpha_k rounds to 1 in float32 and
+    # p_hat ties at 1/K; log alpha = log1p(e) still ranks the classes as the evidence does
+    out = torch.tensor([[-31.0, -30.0, -32.0], [-29.5, -33.0, -30.5], [2.0, 5.0, -1.0]])
+    identity = {"fc0.weight": torch.eye(3), "fc0.bias": torch.zeros(3)}
+    log_alpha = ev.dirichlet_model(models.mlp([3, 3]), "softplus").apply(identity, out)
+    probs, _ = ev.dirichlet_from_log_alpha(log_alpha)
+    assert torch.equal(probs[0], torch.full((3,), 1 / 3)) and probs[0].argmax() == 0  # the rounding tie
+    assert ev.predicted_class(log_alpha).tolist() == [1, 0, 1]
+    assert torch.equal(ev.predicted_class(log_alpha), ev.softplus_evidence(out.double()).argmax(-1))
+
+
 def test_dirichlet_entropy_decomposition_matches_monte_carlo(draws):
     _, aleatoric, epistemic = ev.dirichlet_entropy_decomposition(ALPHA)
     for i, p in enumerate(draws):

@@ -71,7 +71,7 @@ def test_kfac_per_example_factors_are_the_exact_gauss_newton_blocks():
             acts.append(torch.relu(torch.nn.functional.linear(acts[-1], params[f"fc{i}.weight"],
                                                               params[f"fc{i}.bias"])))
         logits = model.apply(params, x[n:n + 1])[0]
-        h_out = hessian(lambda o: -likelihoods.categorical().log_lik(o[None], y[n:n + 1]).sum())(logits)
+        h_out = hessian(lambda o, n=n: -likelihoods.categorical().log_lik(o[None], y[n:n + 1]).sum())(logits)
         assert torch.allclose(h_out, _ce_hessian(logits), atol=1e-14)
         for i, (w, b) in enumerate(LAYERS):
             q, h = state.kron[w]
@@ -115,10 +115,10 @@ def _exact_ggn(model, params, x, y, names, state=None):
     flat, unravel = tree.ravel(sub)
     total = 0
     for n in range(x.shape[0]):
-        def f(v):
+        def f(v, n=n):
             return model.apply({**params, **unravel(v)}, x[n:n + 1], state=state)[0]
         j = jacrev(f)(flat)
-        h_out = hessian(lambda o: -lik.log_lik(o[None], y[n:n + 1]).sum())(f(flat))
+        h_out = hessian(lambda o, n=n: -lik.log_lik(o[None], y[n:n + 1]).sum())(f(flat))
         total = total + j.T @ h_out @ j
     return total
 
@@ -209,7 +209,7 @@ def _log_evidence(x, y, tau):
 def test_linear_gaussian_posterior_and_evidence_are_exact(structure):
     x, y = _regression()
     tau = 2.0
-    params, a, xt = _ridge(x, y, tau)
+    params, a, _ = _ridge(x, y, tau)
     model = models.mlp([3, 2])
     lik = likelihoods.gaussian(SIGMA)
     la = fl.laplace(model, lik, structure=structure, prior_precision=tau)
@@ -330,7 +330,7 @@ def _explicit_sigma(la, state, tau, n_data):
     sigma = torch.zeros(p, p, dtype=F64)
     offsets = [0, sizes[0], sizes[0] + sizes[1], p]
     if structure == "kfac":
-        for i, (w, cov) in enumerate(_kron_covariances(la, state, tau, n_data).items()):
+        for i, cov in enumerate(_kron_covariances(la, state, tau, n_data).values()):
             sigma[offsets[i]:offsets[i + 1], offsets[i]:offsets[i + 1]] = cov
     elif structure == "diag":
         d = torch.cat([torch.cat([state.diag[w], state.diag[b][:, None]], -1).reshape(-1) for w, b in LAYERS])

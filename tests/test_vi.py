@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import fbnn
 from fbnn import likelihoods, models, optim, priors, pruning, tree
 from fbnn import random as fr
+from fbnn.fit import load_checkpoint
 from fbnn.methods import Batch, vi
 from fbnn.predict import predict, predictive
 
@@ -115,6 +116,32 @@ def test_loss_is_the_seeds_summed_nll_plus_kl_over_m():
         kl = prior.kl(st.mean, tree.map(lambda p: torch.full_like(p, 1e-6), st.mean))
         assert torch.allclose(info["loss"], scale * (ce + kl / 7), rtol=1e-5)
         assert torch.allclose(info["kl"], kl, rtol=1e-5) and torch.allclose(info["nll"], ce, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prior", [priors.normal(0.1), priors.laplace(0.1),
+                                   priors.scale_mixture(0.75, 0.1, 5e-4, "joint_sum_additive")],
+                         ids=["normal", "laplace", "seed_gmm"])
+def test_monte_carlo_loss_is_the_seeds_estimator_exactly(prior):
+    # SPEC 3.3.1 with kl="mc": L = (1/S) sum_s [sum_b CE(f(x_b; w_s)) + (log q(w_s) - log p(w_s)) / M],
+    # recomputed in float64 from the step's own weight draws (vi._draw_noise): rel. 1e-6.
+    model = models.mlp([20, 30, 5])
+    x, y = fr.normal(fr.key(1), (16, 20)), fr.randint(fr.key(2), 5, (16,))
+    for vmapped in (True, False):
+        m = vi.bbp(model, likelihoods.categorical(), optim.sgd(1e-3), prior, 7, n_samples=3, kl="mc",
+                   mean_scale=0.2, vmap_samples=vmapped)
+        st = m.init(fr.key(0), model.init(fr.key(0)))
+        _, info = m.step(st, Batch(x, y), fr.key(5))
+        names = list(st.mean)
+        plan = vi._Plan(names, [True] * len(names), frozenset(), frozenset(), 0)
+        eps, _, _ = vi._draw_noise("sample", plan, st.rho, fr.split(fr.key(5), 3), set(names))
+        total = 0.0
+        for s in range(3):
+            std = {n: vi.std_from_rho(st.rho[n]).double() for n in names}
+            w = {n: st.mean[n].double() + std[n] * eps[n][s].double() for n in names}
+            ce = F.cross_entropy(model.apply(tree.astype(w, torch.float32), x), y, reduction="sum").double()
+            log_q = sum(torch.distributions.Normal(st.mean[n].double(), std[n]).log_prob(w[n]).sum() for n in names)
+            total += float(ce + (log_q - prior.log_prob(w)) / 7) / 3
+        assert float(info["loss"]) == pytest.approx(total, rel=1e-6)
 
 
 def test_monte_carlo_kl_is_unbiased_for_the_closed_form():
@@ -325,7 +352,7 @@ def _trained_small(toy_classification):
 
 
 def test_pruning_removes_exactly_the_requested_fraction(toy_classification):
-    m, st, x, y = _trained_small(toy_classification)
+    _, st, _, _ = _trained_small(toy_classification)
     scores = pruning.snr(st)
     n = sum(s.numel() for s in scores.values())
     flat = torch.cat([s.flatten() for s in scores.values()])
@@ -347,7 +374,7 @@ def test_pruning_removes_exactly_the_requested_fraction(toy_classification):
 
 
 def test_pruned_sigma_of_1e_6_does_not_change_predictions(toy_classification):
-    m, st, x, y = _trained_small(toy_classification)
+    m, st, x, _ = _trained_small(toy_classification)
     pruned = pruning.prune(st, pruning.snr(st), 0.9)
     draws = m.sample(pruned, fr.key(3), 8)
     zeroed = tree.map(lambda d, r: torch.where(r == pruning.PRUNED_RHO, torch.zeros_like(d), d),
@@ -358,7 +385,7 @@ def test_pruned_sigma_of_1e_6_does_not_change_predictions(toy_classification):
 
 
 def test_kl_scores_closed_form_and_monte_carlo(toy_classification):
-    m, st, x, y = _trained_small(toy_classification)
+    _, st, _, _ = _trained_small(toy_classification)
     prior = priors.normal(0.5)
     closed = pruning.kl_scores(st, prior, closed_form=True)
     mc = pruning.kl_scores(st, prior, fr.key(4), n_samples=200)
@@ -440,3 +467,32 @@ def test_bad_variational_settings_and_priors():
         pruning.keep_mask(scores, 1.5)
     with pytest.raises(ValueError, match="unknown rule"):
         pruning.keep_mask(scores, 0.5, rule="top")
+
+
+# --- the MNIST experiment's plumbing ------------------------------------------------------------------
+
+def test_bbp_mnist_configs_follow_spec8():
+    from experiments import bbp_mnist
+    built = {row: bbp_mnist.build(bbp_mnist.config(row), 60000) for row in bbp_mnist.CONFIGS}
+    assert {row: b[1].name for row, b in built.items()} == {
+        "bbp_gaussian": "bbp", "bbp_gmm": "bbp", "bbp_laplace": "bbp", "bbp_lrt": "bbp_lrt"}
+    assert all(b[2] == 600 for b in built.values())  # M = N / B = 600
+    cfg = bbp_mnist.config("bbp_gmm", epochs=1)
+    assert cfg["epochs"] == 1 and cfg["select"] == "best_on_test" and cfg["n_samples"] == {0: 3, 61: 5}
+    assert "joint_sum_additive" in bbp_mnist.make_prior(cfg["prior"]).name
+    with pytest.raises(ValueError, match="unknown row"):
+        bbp_mnist.config("bbp_dropout")
+
+
+def test_best_on_test_keeps_the_lowest_error_state(toy_classification, tmp_path):
+    from experiments import bbp_mnist
+    m, st, x, y = _trained_small(toy_classification)
+    worse = st._replace(mean=tree.map(torch.zeros_like, st.mean))  # the zero net: 2/3 error
+    eval_fn = bbp_mnist.dev_eval_fn(m, x, y, tmp_path / "best.pt")
+    errs = [eval_fn(s, e)["dev_error_pct"] for e, s in enumerate([worse, st, worse])]
+    assert errs[1] < errs[0] == errs[2]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 1 and tree.equal(best["state"].mean, st.mean)
+    # a resumed run starts from the stored best error
+    assert bbp_mnist.dev_eval_fn(m, x, y, tmp_path / "best.pt")(worse, 3) == {"dev_error_pct": errs[0]}
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1

@@ -22,8 +22,11 @@ seen, ``(0, 0) -> (0.2 T, 0.01) -> (T, 1)``, ``T = epochs * n_data``.
 ``evidential(...)`` is a ``base.Method`` driven by ``fbnn.fit``. Its ``model`` outputs
 ``log alpha (B, K)``, so a softmax of it is ``p_hat = alpha / S``: ``fbnn.predict.predictive``
 and every metric on softmax probabilities see the expected probabilities, and
-``dirichlet_from_log_alpha`` recovers ``(p_hat, u)``. Evidential regression (Amini et al.
-2020) with a Normal-Inverse-Gamma head is at the end of this file.
+``dirichlet_from_log_alpha`` recovers ``(p_hat, u)``. Classify with ``predicted_class``
+(argmax of ``log alpha``): once a net has learnt to put no evidence on an input, every
+``alpha_k`` rounds to 1 and the argmax of the rounded ``p_hat`` is class 0, although the
+evidence still ranks the classes. Evidential regression (Amini et al. 2020) with a
+Normal-Inverse-Gamma head is at the end of this file.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ __all__ = [
     "strength", "expected_probs", "belief", "uncertainty", "one_hot",
     "ml_loss", "ce_risk", "mse_risk", "evidential_loss", "kl_uniform", "kl_regulariser",
     "paper_annealing", "labml_annealing", "dirichlet_model", "dirichlet_from_log_alpha",
-    "dirichlet_entropy_decomposition", "predict_dirichlet",
+    "dirichlet_entropy_decomposition", "predicted_class", "predict_log_alpha", "predict_dirichlet",
     "EvidentialState", "evidential",
     "nig_params", "nig_nll", "nig_regulariser", "nig_predictive", "evidential_regression",
 ]
@@ -308,18 +311,36 @@ def dirichlet_entropy_decomposition(alpha: torch.Tensor):
     return total, aleatoric, total - aleatoric
 
 
-def predict_dirichlet(method: base.Method, state, x: torch.Tensor, *, key=None, n_samples: int = 1,
-                      **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(p_hat (B, K), u (B,))`` of an evidential ``method`` on inputs ``x (B, ...)``.
+def predicted_class(log_alpha: torch.Tensor) -> torch.Tensor:
+    """``argmax_k p_hat_k`` read off ``log alpha (..., K)``: ``(...)`` int64.
 
-    Draws ``n_samples`` parameter sets (1 for a single net; the member count for an
-    ensemble of evidential nets) and averages ``p_hat`` and ``u`` over them. ``kw`` goes
-    to ``fbnn.predict.predict`` (chunk sizes, memory budget)."""
+    ``p_hat = alpha / S`` orders the classes as ``log alpha`` does, but a rounded ``p_hat``
+    loses that order when the evidence is below the float's resolution: every ``alpha_k``
+    rounds to 1 and ``p_hat`` ties at ``1 / K`` (float32: evidence < 6e-8, softplus outputs
+    below about -17), where ``argmax`` of the rounded probabilities returns class 0.
+    ``log alpha = log1p(e)`` keeps the order down to the smallest float."""
+    _check_alpha(log_alpha, "predicted_class")
+    return log_alpha.argmax(-1)
+
+
+def predict_log_alpha(method: base.Method, state, x: torch.Tensor, *, key=None, n_samples: int = 1,
+                      **kw) -> torch.Tensor:
+    """``log alpha (S, B, K)`` of an evidential ``method`` for ``S = n_samples`` parameter draws
+    (1 for a single net; a multiple of the member count for an ensemble of evidential nets)
+    on inputs ``x (B, ...)``. ``kw`` goes to ``fbnn.predict.predict`` (chunks, memory budget)."""
     key = fr.key(0) if key is None else key
     k_sample, k_predict = fr.split(key, 2)
     samples = method.sample(state, k_sample, n_samples)
-    log_alpha = predict(method.model, samples, x, key=k_predict if method.keyed else None, **kw)
-    probs, u = dirichlet_from_log_alpha(log_alpha)
+    return predict(method.model, samples, x, key=k_predict if method.keyed else None, **kw)
+
+
+def predict_dirichlet(method: base.Method, state, x: torch.Tensor, *, key=None, n_samples: int = 1,
+                      **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p_hat (B, K), u (B,))`` of an evidential ``method`` on inputs ``x (B, ...)``, averaged
+    over ``n_samples`` parameter draws (see ``predict_log_alpha``). For the predicted class
+    of one net use ``predicted_class`` on ``predict_log_alpha(...)[0]``: ``argmax`` of the
+    rounded ``p_hat`` breaks ties from vanishing evidence arbitrarily."""
+    probs, u = dirichlet_from_log_alpha(predict_log_alpha(method, state, x, key=key, n_samples=n_samples, **kw))
     return probs.mean(0), u.mean(0)
 
 
@@ -398,8 +419,8 @@ def evidential(model: fm.Model, optimizer, *, loss: str = "mse", evidence: str =
     Each step minimises ``mean_b w_b [loss_b + lambda KL_b]`` (``w`` the batch weights, 1
     by default) with ``optimizer``; weight decay belongs in the optimizer (``optim.adamw``).
     ``info`` holds ``loss`` (the total), ``data_loss``, ``kl`` and ``annealing``.
-    ``method.model`` outputs ``log alpha``: ``fbnn.predict.predictive`` gives ``alpha / S``
-    and ``predict_dirichlet`` gives ``(alpha / S, K / S)``.
+    ``method.model`` outputs ``log alpha``: ``fbnn.predict.predictive`` gives ``alpha / S``,
+    ``predict_dirichlet`` gives ``(alpha / S, K / S)`` and ``predicted_class`` the exact argmax.
     """
     terms = _TERMS.get(loss)
     if terms is None:

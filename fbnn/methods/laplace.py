@@ -27,6 +27,8 @@ Structures (``structure=``):
 - ``"last_layer"``: the full GGN of the last Linear layer's weights and bias (in
   ``M``'s row-major order); all other parameters stay at the MAP.
 - ``"full"``: the full GGN of all parameters (small models only: ``P x P``).
+Dense blocks keep their eigenvalues (for the log-determinant at any tau) and use one
+Cholesky factor of the precision per (tau, N) for samples and predictives.
 
 Curvatures (``curvature=``): ``"ggn"`` (exact, ``K`` backward passes per batch),
 ``"fisher"`` (one label per example drawn from the model's predictive with the step's
@@ -61,7 +63,6 @@ from torch.func import vjp, vmap
 from torch.overrides import TorchFunctionMode
 
 from .. import random as fr
-from .. import tree
 from . import base
 
 __all__ = ["Laplace", "LaplaceState", "LayerSpec", "laplace", "kfac_laplace", "diag_laplace",
@@ -389,15 +390,25 @@ def _diag_of_layer(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (_layer_grad(a, g) ** 2).sum((0, 1))
 
 
-def _kron_block(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sum_b kron(Hb, a_b a_b')`` with ``Hb = sum_k g_kb g_kb'``: ``(O D, O D)`` for a layer
-    with one position (rows and columns in ``M``'s row-major order)."""
+def _add_kron_block(dense: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``dense + sum_b kron(Hb, a_b a_b')`` with ``Hb = sum_k g_kb g_kb'``, as a new ``(O D, O D)``
+    float64 tensor (``dense`` may be empty), for a layer with one position; rows and columns
+    in ``M``'s row-major order. Built one output row ``i`` at a time: rows ``(i, .)`` are
+    ``a' [Hb[i, i'] a_b]`` over ``(i', .)``, so no ``(O D)^2`` temporary is permuted or cast."""
     a, g = a[:, 0], g[:, :, 0]
     n, d = a.shape
     o = g.shape[-1]
     hb = torch.einsum("kbi,kbj->bij", g, g)
-    v = (hb[:, :, :, None] * a[:, None, None, :]).reshape(n, o * o * d)
-    return (a.T @ v).reshape(d, o, o, d).permute(1, 0, 2, 3).reshape(o * d, o * d)
+    out = torch.empty(o * d, o * d, dtype=_F64)
+    for i in range(o):
+        v = (hb[:, i, :, None] * a[:, None, :]).reshape(n, o * d)
+        rows = slice(i * d, (i + 1) * d)
+        block = a.T @ v
+        if dense.numel():
+            torch.add(dense[rows], block, out=out[rows])
+        else:
+            out[rows] = block
+    return out
 
 
 # --- the posterior at given (tau, N) ----------------------------------------------------------
@@ -454,8 +465,8 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
             return [layers[-1]]
         return []
 
-    def rest_leaves(state_or_params, layers):
-        names = list(state_or_params)
+    def rest_leaves(params, layers):
+        names = list(params)
         if structure == "full":
             return names
         if structure == "last_layer":
@@ -540,8 +551,7 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
                 for n, v in _split_packed(s, params, _diag_of_layer(a, g)).items():
                     add_diag(n, v)
             else:  # last_layer
-                block = _kron_block(a, g).to(_F64)
-                dense = block if dense.numel() == 0 else dense + block
+                dense = _add_kron_block(dense, a, g)
         if structure == "full":
             j = torch.cat([rest_grads[n].reshape(cot.shape[0] * x.shape[0], -1) for n in rest], dim=1)
             block = (j.T @ j).to(_F64)
@@ -662,8 +672,7 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
         for i, (kind, name) in enumerate(blocks):
             bkey = fr.fold_in(key, i)
             if kind == "kron":
-                size = by_weight[name]
-                size = params[size.weight].shape[0] * _pack(size, params).shape[1]
+                size = _pack(by_weight[name], params).numel()
             else:
                 size = params[name].numel() if kind == "diag" else post.dense.shape[0]
             chunk = _draw_chunk(size)
@@ -766,7 +775,7 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
             terms[g][0] += p.numel()
             terms[g][1] += float((p ** 2).sum())
         eig = _eigen(state)
-        for w, _ in state.kron.items():
+        for w in state.kron:
             lq, _, lh, _ = eig[w]
             g = lg[w]
             if damping == "standard":

@@ -9,8 +9,9 @@ the loss is the seed's (SPEC 3.3.1),
 with ``S`` ELBO samples drawn through ``vmap``, KL weight ``pi_i = 1/M`` (uniform, the
 seed's) or Blundell's geometric ``2^(M-i) / (2^M - 1)``, and temperature ``T``. ``KL_s``
 is the closed form ``KL(q || p)`` where the prior has one, or the seed's Monte Carlo
-estimate ``log q(theta_s) - log p(theta_s)``. Summed over an epoch the expected loss is
-the negative ELBO (divided by ``M`` for the uniform schedule).
+estimate ``log q(theta_s) - log p(theta_s)`` (the weight draws are made outside the
+``vmap`` and every ``log p`` is evaluated per sample on plain tensors). Summed over an
+epoch the expected loss is the negative ELBO when ``T = 1`` and the weights sum to 1.
 
 Estimators of the data term (``variational(model, estimator=...)``):
 - ``"sample"``: one weight draw per ELBO sample, shared by the whole minibatch (the seed's);
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 from torch.overrides import TorchFunctionMode
 
+from .. import optim as fo
 from .. import priors as fp
 from .. import random as fr
 from .. import tree
@@ -55,8 +57,8 @@ from ..models import Model
 from . import base
 
 __all__ = ["ViState", "VariationalModel", "variational", "bbp", "norm_params", "std_from_rho",
-           "rho_from_std", "posterior_mean", "stochastic_forward", "posterior_std", "sample_chunks", "kl_divergence",
-           "kl_weight", "bayesify", "variational_names", "ESTIMATORS", "KL_ESTIMATORS",
+           "rho_from_std", "posterior_mean", "posterior_std", "sample_chunks", "stochastic_forward",
+           "kl_divergence", "kl_weight", "bayesify", "variational_names", "ESTIMATORS", "KL_ESTIMATORS",
            "KL_SCHEDULES", "KL_REDUCTIONS", "MEAN_INITS"]
 
 ESTIMATORS = ("sample", "lrt", "flipout")
@@ -284,16 +286,21 @@ def _discover_layers(vmodel, plan_names, flags, mean, model_state, x):
     return weights, biases, sum(w in var for w, _ in rec.calls)
 
 
-def _forward(vmodel, plan, mean, std, eps, model_state, x, key_model, layer_keys, train=True):
-    """One ELBO sample's forward pass: ``(out, new_model_state, sampled)``.
+def _sample_weights(mean, std, eps, plan) -> dict:
+    """``{name: mu + sigma * eps}`` for every name in ``eps`` (leading axes of ``eps`` kept)."""
+    means = dict(zip(plan.names, tree.leaves(mean)))
+    return {n: means[n] + std[n] * e for n, e in eps.items()}
 
-    ``std``/``eps``: dicts over variational names (``eps`` may lack LRT tensors);
-    ``sampled``: ``{name: mu + sigma eps}`` for every name in ``eps``."""
+
+def _forward(vmodel, plan, mean, std, eps, sampled, model_state, x, key_model, layer_keys, train=True):
+    """One stochastic forward pass: ``(out, new_model_state)``.
+
+    ``std``: sigma per variational name; ``eps``/``sampled``: the weight noise and the
+    weights ``mu + sigma eps`` of this pass (Flipout reads ``eps`` of its layers; LRT
+    layers use neither)."""
     flat, spec = tree.flatten(mean)
-    inputs, sampled = [], {}
+    inputs = []
     for name, var, m in zip(plan.names, plan.variational, flat):
-        if var and name in eps:
-            sampled[name] = m + std[name] * eps[name]
         handled = name in plan.layer_weights or name in plan.layer_biases
         inputs.append(sampled[name] if (var and not handled) else m)
     params = tree.unflatten(inputs, spec)
@@ -305,10 +312,13 @@ def _forward(vmodel, plan, mean, std, eps, model_state, x, key_model, layer_keys
         mode = _LayerNoise(vmodel.estimator, weights, biases, layer_keys, vmodel.shared_bias_noise)
     with mode:
         if train:
-            out, new_state = vmodel.model.apply_train(params, model_state, x, key=key_model)
-        else:
-            out, new_state = vmodel.model.apply(params, x, key=key_model, state=model_state), model_state
-    return out, new_state, sampled
+            return vmodel.model.apply_train(params, model_state, x, key=key_model)
+        return vmodel.model.apply(params, x, key=key_model, state=model_state), model_state
+
+
+def _copies(model_state, n: int):
+    """``n`` writable copies of the buffers: ``leaf -> (n, ...)``."""
+    return tree.map(lambda b: b.unsqueeze(0).repeat(n, *([1] * b.dim())), model_state)
 
 
 def _normals(keys: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -318,12 +328,11 @@ def _normals(keys: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _draw_noise(estimator, plan, rho, sample_keys, mc_names=()):
-    """Everything random in ``S`` forward passes, one per key of ``sample_keys (S, 2)``,
-    drawn outside ``grad``/``vmap`` (keyed, so
-    vmapped and looped passes see the same bits): the weight noise ``eps[name] (S, ...)`` of
-    the tensors that need one (weight-sampled ones, Flipout's layers, and ``mc_names`` for
-    a Monte Carlo KL), the model's keys ``(S, 2)`` (dropout) and the layer keys
-    ``(S, calls, 2, 2)`` for LRT/Flipout."""
+    """Everything random in ``S`` forward passes, one per key of ``sample_keys (S, 2)``, drawn
+    outside ``grad``/``vmap`` (so vmapped and looped passes see the same bits): the weight
+    noise ``eps[name] (S, ...)`` of the tensors that need one (weight-sampled ones, Flipout's
+    layers, and ``mc_names`` for a Monte Carlo KL), the model's keys ``(S, 2)`` (dropout)
+    and the layer keys ``(S, calls, 2, 2)`` for LRT/Flipout."""
     handled = plan.layer_weights | plan.layer_biases
     index = {n: i for i, n in enumerate(plan.names)}
     per_sample = fr.split(sample_keys, 3)                                   # (S, 3, 2)
@@ -355,8 +364,8 @@ def stochastic_forward(vmodel: VariationalModel, state: ViState, x: torch.Tensor
     plan = _Plan(names, flags, *layers)
     std = {name: std_from_rho(r) for name, r in state.rho.items()}
 
-    def one(e, km, kl_, st):
-        return _forward(vmodel, plan, state.mean, std, e, st, x, km, kl_, train=train)[0]
+    def one(e, w, km, kl_, st):
+        return _forward(vmodel, plan, state.mean, std, e, w, st, x, km, kl_, train=train)[0]
 
     # in training mode BatchNorm writes its buffers: every pass gets its own copy
     copies = train and bool(tree.leaves(state.model_state))
@@ -366,10 +375,10 @@ def stochastic_forward(vmodel: VariationalModel, state: ViState, x: torch.Tensor
         for s0 in range(0, n, chunk):
             k = keys[s0:s0 + chunk]
             eps, k_model, layer_keys = _draw_noise(vmodel.estimator, plan, state.rho, k)
-            st = tree.map(lambda b: b.unsqueeze(0).repeat(k.shape[0], *([1] * b.dim())), state.model_state) \
-                if copies else state.model_state
-            outs.append(vmap(one, in_dims=(0, 0, 0, 0 if copies else None), randomness="error")(
-                eps, k_model, layer_keys, st))
+            st = _copies(state.model_state, k.shape[0]) if copies else state.model_state
+            w = _sample_weights(state.mean, std, eps, plan)
+            outs.append(vmap(one, in_dims=(0, 0, 0, 0, 0 if copies else None), randomness="error")(
+                eps, w, k_model, layer_keys, st))
     return torch.cat(outs)
 
 
@@ -386,19 +395,6 @@ def kl_weight(count: torch.Tensor, n_batches: int, schedule="uniform") -> torch.
         return torch.full((), 1.0 / n_batches, dtype=torch.float64)
     i = torch.remainder(torch.as_tensor(count), n_batches).to(torch.float64) + 1
     return torch.exp2(-i) / -math.expm1(-n_batches * math.log(2))
-
-
-def _closed_kl(prior, m, s) -> torch.Tensor:
-    return prior.kl(m, s)
-
-
-def _mc_log_q(eps, s) -> torch.Tensor:
-    # log N(mu + s eps; mu, s^2) summed
-    return (-0.5 * eps * eps - torch.log(s) - 0.5 * _LOG_2PI).sum()
-
-
-def _entropy(s) -> torch.Tensor:
-    return torch.log(s).sum() + 0.5 * s.numel() * (1 + _LOG_2PI)
 
 
 def kl_divergence(state: ViState, prior, *, reduction: str = "sum", last_only: bool = False) -> torch.Tensor:
@@ -604,51 +600,56 @@ def bbp(model, likelihood, optimizer, prior, n_batches: int, *, n_samples=1, kl:
         return ViState(mean, rho, optimizer.init({"mean": mean, "rho": rho}), plain.init_state(),
                        torch.zeros((), dtype=torch.int64))
 
-    def sample_terms(trainable, model_state, batch, eps, k_model, layer_keys, plan):
-        """One ELBO sample: ``(nll, kl_mc, new_model_state)``."""
-        mean, rho = trainable["mean"], trainable["rho"]
-        std = {n: std_from_rho(r) for n, r in rho.items()}
-        out, new_state, sampled = _forward(vmodel, plan, mean, std, eps, model_state, batch.x, k_model,
-                                           layer_keys)
-        nll = -base.data_log_lik(likelihood.log_lik(out, batch.y), batch, "sum", None)
-        kl_mc = torch.zeros((), dtype=out.dtype)
-        for n in plan.names:
-            if n in rho and not closed_form(n):
-                log_p = cache["priors"][n].log_prob(sampled[n])
-                log_q = -_entropy(std[n]) if kl == "mc_entropy" else _mc_log_q(eps[n], std[n])
-                kl_mc = kl_mc + log_q - log_p
-        return nll, kl_mc, new_state
+    def sample_terms(trainable, std, model_state, batch, eps, sampled, k_model, layer_keys, plan):
+        """One ELBO sample's data term: ``(nll, new_model_state)``."""
+        out, new_state = _forward(vmodel, plan, trainable["mean"], std, eps, sampled, model_state, batch.x,
+                                  k_model, layer_keys)
+        return -base.data_log_lik(likelihood.log_lik(out, batch.y), batch, "sum", None), new_state
 
     def loss_fn(trainable, model_state, batch, draws, count):
         plan = cache["plan"]
-        eps, k_model, layer_keys = draws
+        eps, k_model, layer_keys, eps_sq = draws
         n_s = k_model.shape[0]
+        std = {n: std_from_rho(r) for n, r in trainable["rho"].items()}
+        mc = [n for n in plan.names if n in std and not closed_form(n)]
+        handled = plan.layer_weights | plan.layer_biases
+        sampled = _sample_weights(trainable["mean"], std,                        # (S, ...) each
+                                  {n: e for n, e in eps.items() if n not in handled or n in mc}, plan)
         stateful = bool(tree.leaves(model_state))
         # every ELBO sample runs the model on its own copy of the buffers (BatchNorm
         # updates them in place); the new buffers are averaged over the samples
-        states = tree.map(lambda b: b.unsqueeze(0).repeat(n_s, *([1] * b.dim())), model_state) \
-            if stateful else model_state
+        states = _copies(model_state, n_s) if stateful else model_state
 
-        def one(e, km, kl_, st):
-            return sample_terms(trainable, st, batch, e, km, kl_, plan)
+        def one(e, w, km, kl_, st):
+            return sample_terms(trainable, std, st, batch, e, w, km, kl_, plan)
 
         if vmap_samples:
-            nll, kl_mc, new_states = vmap(one, in_dims=(0, 0, 0, 0 if stateful else None),
-                                          randomness="error")(eps, k_model, layer_keys, states)
+            nll, new_states = vmap(one, in_dims=(0, 0, 0, 0, 0 if stateful else None),
+                                   randomness="error")(eps, sampled, k_model, layer_keys, states)
         else:
-            outs = [one(tree.index(eps, s), k_model[s], layer_keys[s],
+            outs = [one(tree.index(eps, s), tree.index(sampled, s), k_model[s], layer_keys[s],
                         tree.index(states, s) if stateful else states) for s in range(n_s)]
             nll = torch.stack([o[0] for o in outs])
-            kl_mc = torch.stack([o[1] for o in outs])
-            new_states = tree.stack([o[2] for o in outs]) if stateful else outs[0][2]
-        kl_closed = torch.zeros((), dtype=nll.dtype)
+            new_states = tree.stack([o[1] for o in outs]) if stateful else outs[0][1]
+        # the per-sample part of the MC KL: -log p(w_s) (+ log q's -eps^2/2, in eps_sq),
+        # evaluated sample by sample on plain tensors (the sigma terms follow, once)
+        per_sample = {n: sampled[n].unbind(0) for n in mc}  # (one stack in the backward pass)
+        kl_mc = torch.stack([sum((-cache["priors"][n].log_prob(per_sample[n][s]) for n in mc),
+                                 torch.zeros((), dtype=nll.dtype)) for s in range(n_s)]) + eps_sq
+        kl_fixed = torch.zeros((), dtype=nll.dtype)
         n_var = 0
         leaves = dict(zip(plan.names, tree.leaves(trainable["mean"])))
+        # mc: log q(w_s) = sum(-eps^2/2 - log sigma) - (n/2) log 2 pi;
+        # mc_entropy: -H[q] = -sum log sigma - (n/2)(1 + log 2 pi)
+        const = 0.5 * (_LOG_2PI + (1.0 if kl == "mc_entropy" else 0.0))
         for n, r in trainable["rho"].items():
             n_var += r.numel()
+            s = std[n]
             if closed_form(n):
-                kl_closed = kl_closed + cache["priors"][n].kl(leaves[n], std_from_rho(r))
-        kl_total = kl_closed + kl_mc                                    # (S,)
+                kl_fixed = kl_fixed + cache["priors"][n].kl(leaves[n], s)
+            else:
+                kl_fixed = kl_fixed - torch.log(s).sum() - const * r.numel()
+        kl_total = kl_fixed + kl_mc                                     # (S,)
         if kl_reduction == "mean":
             kl_total = kl_total / n_var
         neg_log_point = torch.zeros((), dtype=nll.dtype)
@@ -673,11 +674,15 @@ def bbp(model, likelihood, optimizer, prior, n_batches: int, *, n_samples=1, kl:
         plan = plan_for(state.mean, state.model_state, batch.x)
         n_s = _samples_at(n_samples, state.count, n_batches, who)
         trainable = {"mean": state.mean, "rho": state.rho}
-        draws = _draw_noise(vmodel.estimator, plan, state.rho, fr.split(key, n_s),
-                            {n for n in state.rho if not closed_form(n)})
+        mc = {n for n in state.rho if not closed_form(n)}
+        eps, k_model, layer_keys = _draw_noise(vmodel.estimator, plan, state.rho, fr.split(key, n_s), mc)
+        # log q's -eps^2 / 2 (a constant to the gradient), per sample: (S,)
+        eps_sq = sum((-0.5 * eps[n].reshape(n_s, -1).pow(2).sum(1) for n in mc if kl == "mc"),
+                     torch.zeros(n_s))
+        draws = (eps, k_model, layer_keys, eps_sq)
         grads, (aux, model_state) = grad_fn(trainable, state.model_state, batch, draws, state.count)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-        new = _apply(trainable, updates)
+        new = fo.apply_updates(trainable, updates)
         info = {k: v.detach() for k, v in aux.items()}
         return ViState(new["mean"], new["rho"], opt_state, model_state, state.count + 1), info
 
@@ -688,10 +693,6 @@ def bbp(model, likelihood, optimizer, prior, n_batches: int, *, n_samples=1, kl:
         base.check_data(plain, likelihood, state.mean, state.model_state, x, y)
 
     return base.Method(init, step, sample, check, plain, False, estimator_name)
-
-
-def _apply(trainable, updates):
-    return tree.map(lambda p, u: p + u.to(p.dtype), trainable, updates)
 
 
 # --- posterior draws ------------------------------------------------------------------------------
