@@ -191,7 +191,7 @@ def cmd_train(args) -> dict:
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=2))
     if not args.no_record:
         name = args.row if args.seed == 0 else f"{args.row}_seed{args.seed}"
-        mnist.record(name, out, args.command_line)
+        mnist.record(name, out, args.command_line, args.results_dir)
     return out
 
 
@@ -225,7 +225,7 @@ def record_pruning(key: str, entry: dict, results_dir: Path = RESULTS) -> None:
     results = mnist.load_results(path)
     results[key] = entry
     cli.write_json_atomic(path, results)
-    (results_dir / "pruning.md").write_text(pruning_markdown(results))
+    cli.write_text_atomic(results_dir / "pruning.md", pruning_markdown(results))
 
 
 def prune_run(method, state, prior, xt, yt, key, criteria, fractions, n_samples: int, rule: str = "percentile"):
@@ -268,7 +268,7 @@ def cmd_prune(args) -> dict:
                  "epochs_trained": ckpt["epoch"], "command": args.command_line, "commit": cli.git_commit()}
         print(json.dumps(entry, indent=2))
         if not args.no_record:
-            record_pruning(f"{args.row}/{criterion}", entry)
+            record_pruning(f"{args.row}/{criterion}", entry, Path(args.results_dir))
         out[criterion] = rows
     if failed and not out:
         raise ValueError(f"no pruning criterion could be evaluated ({', '.join(failed)})")
@@ -288,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--eval-samples", type=int, default=None, help="posterior samples (default 100)")
         s.add_argument("--data-dir", default=None)
         s.add_argument("--no-record", action="store_true", help="do not write results/")
+        s.add_argument("--results-dir", default=str(RESULTS), help="where the results files are written")
         s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
         s.set_defaults(func=func)
         if name == "train":

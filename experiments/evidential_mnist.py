@@ -114,13 +114,20 @@ def main(argv=None) -> int:
     p.add_argument("--time-steps", type=int, default=0, help="only time this many training steps")
     p.add_argument("--no-record", action="store_true", help="do not write results/")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 1,000 images, 500 test images (same code paths)")
+    p.add_argument("--results-dir", default=None, help="where mnist.json / mnist.md are written (default results/)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python -m experiments.evidential_mnist " + " ".join(argv if argv is not None else sys.argv[1:])
     cfg = {**CONFIG, "epochs": args.epochs, "seed": args.seed, "loss": args.loss, "evidence": args.evidence,
            "annealing": args.annealing}
     x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
+    if args.quick:
+        x, y, xt, yt = x[:1000], y[:1000], xt[:500], yt[:500]
+        cfg["subset"] = 1000
     model, method = build(cfg, x.shape[0])
     k_init, k_fit, _ = fr.split(fr.key(args.seed), 3)
     state = method.init(k_init, model.init(k_init))
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in out.items() if k not in ("config", "history")}, indent=2))
     if not args.no_record:
         from experiments import mnist
-        mnist.record(args.row_name, out, command)
+        mnist.record(args.row_name, out, command, args.results_dir or mnist.RESULTS)
     return 0
 
 

@@ -18,6 +18,11 @@ training images in batches of 128, N=60000, then three rows of ``results/mnist.j
   likelihood, linearised (GLM) predictive with the probit approximation;
 - ``last_layer_laplace``: full-covariance Laplace over the last layer (12,010 parameters),
   prior precision by marginal likelihood, GLM/probit predictive.
+
+A fourth row, ``kfac_laplace_glm_val`` (``--val 10000 --rows kfac_laplace_glm_val --runs-dir
+runs/kfac_mnist_val``), holds the last 10,000 training images out of the MAP phase and the
+curvature and picks the prior precision on them by a grid search of the GLM/probit predictive's
+log-likelihood.
 """
 from __future__ import annotations
 
@@ -40,11 +45,11 @@ MAP_CONFIG = {"method": "map", "dataset": "mnist", "model": "mlp", "hidden": [12
               "epochs": 10}
 
 
-def map_phase(args, x, y, xt, yt):
+def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP_CONFIG["hidden"]):
     """Train (or resume) the MAP net; returns ``(params, chosen_epoch, history, train_wall_s)``."""
     out = Path(args.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = models.mlp([784, 1200, 1200, 10])
+    model = models.mlp([784, *hidden, 10])
     lik = likelihoods.categorical()
     opt = optim.sgd(MAP_CONFIG["lr"], momentum=MAP_CONFIG["momentum"], weight_decay=MAP_CONFIG["weight_decay"])
     method = methods.map(model, lik, opt, reduction="sum", n_data=x.shape[0])
@@ -57,7 +62,7 @@ def map_phase(args, x, y, xt, yt):
         save_checkpoint(out / f"params_epoch{epoch}.pt", {"params": st.params, "epoch": epoch})
         return {"dev_error_pct": metrics.error_pct(probs, yt), "dev_loglik_sum": metrics.test_loglik_sum(probs, yt)}
 
-    result = fit(method, state, (x, y), k_fit, epochs=MAP_CONFIG["epochs"], batch_size=MAP_CONFIG["batch_size"],
+    result = fit(method, state, (x, y), k_fit, epochs=epochs, batch_size=MAP_CONFIG["batch_size"],
                  eval_fn=eval_fn, checkpoint=out / "checkpoint.pt", resume=True, progress=not args.no_progress,
                  meta={"config": MAP_CONFIG}, description="kfac-map mnist")
     history = result.history
@@ -123,21 +128,37 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--n-train", type=int, default=60000, help="(smoke tests) curvature over the first n images")
     p.add_argument("--n-test", type=int, default=10000, help="(smoke tests) evaluate on the first n images")
+    p.add_argument("--val", type=int, default=0,
+                   help="hold out the last VAL training images (MAP, curvature and N use the rest); "
+                        "needed by the kfac_laplace_glm_val row, which picks tau on them")
+    p.add_argument("--quick", action="store_true",
+                   help="784-100-100-10, 1 MAP epoch, curvature on 1,000 and evaluation on 500 images, "
+                        "5 samples (same code paths)")
+    p.add_argument("--results-dir", default=None, help="where mnist.json / mnist.md are written (default results/)")
     args = p.parse_args(argv)
+    map_epochs, hidden = MAP_CONFIG["epochs"], MAP_CONFIG["hidden"]
+    if args.quick:
+        args.n_train, args.n_test, args.samples, map_epochs, hidden = 1000, 500, 5, 1, [100, 100]
     command = "python -m experiments.kfac_mnist " + " ".join(argv if argv is not None else sys.argv[1:])
     commit = cli.git_commit()
     x, y, xt, yt, _ = cli.load_dataset("mnist")
+    if "kfac_laplace_glm_val" in args.rows and not args.val:
+        p.error("the kfac_laplace_glm_val row needs --val N (held-out training images)")
+    x_val, y_val = x[x.shape[0] - args.val:], y[y.shape[0] - args.val:]
+    x, y = x[:x.shape[0] - args.val], y[:y.shape[0] - args.val]
     out = Path(args.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.map_from:
         ckpt = load_checkpoint(args.map_from)
-        model, params = models.mlp([784, 1200, 1200, 10]), ckpt["state"].params
+        model, params = models.mlp([784, *hidden, 10]), ckpt["state"].params
         epoch, train_s = ckpt["epoch"] - 1, ckpt.get("wall_s", 0.0)
         map_info = {"map_from": args.map_from, "map_config": (ckpt.get("meta") or {}).get("config"),
                     "map_epoch": epoch, "map_ckpt": "last"}
     else:
-        model, params, epoch, history, train_s = map_phase(args, x, y, xt, yt)
-        map_info = {"map_config": MAP_CONFIG, "map_epoch": epoch, "map_ckpt": args.ckpt,
+        model, params, epoch, history, train_s = map_phase(args, x[:args.n_train], y[:args.n_train], xt, yt,
+                                                           map_epochs, hidden)
+        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden}, "map_epoch": epoch,
+                    "map_ckpt": args.ckpt,
                     "map_dev_error_pct": [h["dev_error_pct"] for h in history]}
         print(json.dumps({"chosen_epoch": epoch, "history": history}, indent=1))
     if args.map_only:
@@ -149,12 +170,21 @@ def main(argv=None) -> int:
     print("MAP:", json.dumps(classification_metrics(map_probs, yt)), flush=True)
     rows = [r for r in args.rows.split(",") if r]
     key = fr.fold_in(fr.key(args.seed), 7)
-    results = {}
 
-    if {"kfac_laplace", "kfac_laplace_glm"} & set(rows):
+    def finish(row, m):
+        """Print and record one row as soon as it is evaluated."""
+        extra = m["config"].get("factors_s", 0.0) + m["config"].get("prior_opt_s", 0.0)
+        m.update({"train_wall_s": train_s + extra, "epochs": map_epochs, "commit": commit})
+        print(row, json.dumps({k: v for k, v in m.items() if k != "config"}), flush=True)
+        if not args.no_record:
+            from experiments.mnist import RESULTS, record
+            record(row + args.row_suffix, m, command, args.results_dir or RESULTS)
+
+    n_data = x.shape[0]
+    if {"kfac_laplace", "kfac_laplace_glm", "kfac_laplace_glm_val"} & set(rows):
         tau_seed = 1.0 / args.hessian_diag_sig ** 2
-        la_seed = fl.kfac_laplace(model, lik, damping="ritter", prior_precision=tau_seed, n_data=60000)
-        la_std = fl.kfac_laplace(model, lik, damping="standard", n_data=60000)
+        la_seed = fl.kfac_laplace(model, lik, damping="ritter", prior_precision=tau_seed, n_data=n_data)
+        la_std = fl.kfac_laplace(model, lik, damping="standard", n_data=n_data)
         state, fit_s = curvature_state(la_seed, f"kfac_ggn_epoch{epoch}_n{x.shape[0]}", params, x, y, out)
         print(f"K-FAC factors: {fit_s:.1f} s", flush=True)
         if "kfac_laplace" in rows:
@@ -166,9 +196,9 @@ def main(argv=None) -> int:
             m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
             m["config"] = {"method": "kfac_laplace", "structure": "kfac", "curvature": "ggn", "damping": "ritter",
                            "hessian_diag_sig": args.hessian_diag_sig, "prior_precision": tau_seed,
-                           "n_data": 60000, "factor_batch_size": 128, "predictive": "mc_mean_softmax",
+                           "n_data": n_data, "factor_batch_size": 128, "predictive": "mc_mean_softmax",
                            "factors_s": fit_s, **map_info}
-            results["kfac_laplace"] = m
+            finish("kfac_laplace", m)
         if "kfac_laplace_glm" in rows:
             t0 = time.perf_counter()
             state_d = la_std.decompose(state)
@@ -184,14 +214,36 @@ def main(argv=None) -> int:
             m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
             m["config"] = {"method": "kfac_laplace_glm", "structure": "kfac", "curvature": "ggn",
                            "damping": "standard", "prior_precision": tau, "prior_precision_per_layer": tau_layers,
-                           "log_marginal_likelihood": lml, "n_data": 60000, "predictive": "glm_probit",
+                           "log_marginal_likelihood": lml, "n_data": n_data, "predictive": "glm_probit",
                            "entropies_from": f"{args.samples} draws of f ~ N(f*, J S J')",
                            "factors_s": fit_s, "prior_opt_s": opt_s, **map_info}
-            results["kfac_laplace_glm"] = m
+            finish("kfac_laplace_glm", m)
+        if "kfac_laplace_glm_val" in rows:
+            t0 = time.perf_counter()
+            state_d = la_std.decompose(state)
+            grid = [10.0 ** (k / 2) for k in range(2, 11)]  # 10 ... 1e5
+            tau, scores = fl.grid_search_prior_precision(la_std, state_d, x_val, y_val, grid)
+            opt_s = time.perf_counter() - t0
+            print(f"K-FAC validation grid: tau={tau:.4g}, mean val log lik {scores}", flush=True)
+            t0 = time.perf_counter()
+            sample_probs, probs = glm_function_samples(la_std, state_d, xt, fr.fold_in(key, 3), args.samples,
+                                                       prior_precision=tau)
+            m = classification_metrics(probs, yt, sample_probs)
+            m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
+            m["config"] = {"method": "kfac_laplace_glm_val", "structure": "kfac", "curvature": "ggn",
+                           "damping": "standard", "prior_precision": tau,
+                           "prior_selection": f"grid {grid} by mean log lik of the GLM/probit predictive on "
+                                              f"the last {args.val} training images (held out of MAP and "
+                                              f"curvature)",
+                           "val_scores": {str(k): v for k, v in scores.items()}, "n_data": n_data,
+                           "predictive": "glm_probit",
+                           "entropies_from": f"{args.samples} draws of f ~ N(f*, J S J')",
+                           "factors_s": fit_s, "prior_opt_s": opt_s, **map_info}
+            finish("kfac_laplace_glm_val", m)
         del state
 
     if "last_layer_laplace" in rows:
-        la_ll = fl.last_layer_laplace(model, lik, n_data=60000)
+        la_ll = fl.last_layer_laplace(model, lik, n_data=n_data)
         state, fit_s = curvature_state(la_ll, f"last_layer_ggn_epoch{epoch}_n{x.shape[0]}", params, x, y, out)
         print(f"last-layer GGN: {fit_s:.1f} s", flush=True)
         t0 = time.perf_counter()
@@ -206,18 +258,11 @@ def main(argv=None) -> int:
         m = classification_metrics(probs, yt, sample_probs)
         m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
         m["config"] = {"method": "last_layer_laplace", "structure": "last_layer", "curvature": "ggn",
-                       "prior_precision": tau, "log_marginal_likelihood": lml, "n_data": 60000,
+                       "prior_precision": tau, "log_marginal_likelihood": lml, "n_data": n_data,
                        "predictive": "glm_probit", "entropies_from": f"{args.samples} draws of f ~ N(f*, J S J')",
                        "factors_s": fit_s, "prior_opt_s": opt_s, **map_info}
-        results["last_layer_laplace"] = m
+        finish("last_layer_laplace", m)
 
-    from experiments.mnist import record
-    for row, m in results.items():
-        extra = m["config"].get("factors_s", 0.0) + m["config"].get("prior_opt_s", 0.0)
-        m.update({"train_wall_s": train_s + extra, "epochs": MAP_CONFIG["epochs"], "commit": commit})
-        print(row, json.dumps({k: v for k, v in m.items() if k != "config"}), flush=True)
-        if not args.no_record:
-            record(row + args.row_suffix, m, command)
     return 0
 
 

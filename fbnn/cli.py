@@ -118,7 +118,8 @@ def _sampler(cfg: dict, model, lik, n_data: int):
     return methods.sghmc_sa(model, lik, n_data, lr, burn_in=cfg["adapt_epochs"] * steps_per_epoch(cfg, n_data),
                             friction=cfg["friction"], prior_sigma=sigma,
                             resample_momentum_every=cfg["resample_momentum_every"],
-                            resample_prior_every=cfg["resample_prior_every"], clip_std_mul=cfg["clip_std_mul"])
+                            resample_prior_every=cfg["resample_prior_every"], clip_std_mul=cfg["clip_std_mul"],
+                            adaptation=cfg.get("adaptation", "seed"))
 
 
 def _collector(cfg: dict, directory) -> Collector | None:
@@ -206,6 +207,11 @@ def write_json_atomic(path, obj) -> None:
     atomic_write(path, write, binary=False)
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Text written atomically (see ``fit.atomic_write``)."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
 def git_commit() -> str:
     """The checkout's short commit, with ``-dirty`` when tracked code differs from it."""
     here = Path(__file__).resolve().parent
@@ -242,7 +248,17 @@ def _run_config(args) -> dict:
             "batch_size", "seed", "split")
     if args.method in SAMPLERS:
         keys += SAMPLER_OPTIONS
-    return {k: getattr(args, k) for k in keys}
+    cfg = {k: getattr(args, k) for k in keys}
+    if args.method == "sghmc_sa":
+        cfg["adaptation"] = args.adaptation
+    cfg.update({k: getattr(args, k) for k in ("subset", "test_subset") if getattr(args, k, None) is not None})
+    return cfg
+
+
+def _subsets(cfg: dict, x, y, xt, yt) -> tuple:
+    """The first ``cfg["subset"]`` training and ``cfg["test_subset"]`` test examples (all when unset)."""
+    n, m = cfg.get("subset"), cfg.get("test_subset")
+    return x[:n], y[:n], xt[:m], yt[:m]
 
 
 def _check_sampler_schedule(cfg: dict) -> None:
@@ -260,6 +276,7 @@ def cmd_train(args) -> dict:
     cfg = _run_config(args)
     _check_sampler_schedule(cfg)
     x, y, xt, yt, info = load_dataset(args.dataset, args.data_dir, args.split)
+    x, y, xt, yt = _subsets(cfg, x, y, xt, yt)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     key = fr.key(args.seed)
     k_init, k_fit, k_eval = fr.split(key, 3)
@@ -305,6 +322,7 @@ def cmd_evaluate(args) -> dict:
     if cfg is None:
         raise ValueError(f"checkpoint {path} was not written by `fbnn train` (no config inside)")
     x, y, xt, yt, info = load_dataset(cfg["dataset"], args.data_dir, cfg["split"])
+    x, y, xt, yt = _subsets(cfg, x, y, xt, yt)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     _check_state_fits(model, method, cfg, ckpt["state"], path)
     key = fr.split(fr.key(args.seed if args.seed is not None else cfg["seed"]), 3)[2]
@@ -328,6 +346,16 @@ def _hidden(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden must hold positive ints, got {text!r}")
     return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -378,10 +406,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--resample-prior-every", type=int, default=15, help="steps (sghmc_sa Gibbs precision)")
     g.add_argument("--clip-std-mul", type=float, default=20.0, help="sghmc_sa dynamic clipping k")
     g.add_argument("--adapt-epochs", type=int, default=20, help="sghmc_sa burn-in (adaptation) epochs")
+    g.add_argument("--adaptation", choices=("seed", "pybnn"), default="seed",
+                   help="sghmc_sa burn-in averaging: the seed's order (r from the new tau; unstable after "
+                        "burn-in on MNIST) or pybnn's (r = 1/(tau+1) from the old tau)")
     g.add_argument("--collect-from", type=int, default=16, help="first epoch (0-based) to collect")
     g.add_argument("--thin", type=int, default=2, help="collect every THIN epochs")
     g.add_argument("--keep", type=int, default=90, help="FIFO capacity: samples kept and evaluated")
     t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--subset", type=_positive_int, default=None, help="train on the first N examples only")
+    t.add_argument("--test-subset", type=_positive_int, default=None, help="evaluate on the first N test examples")
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-samples", type=int, default=None,

@@ -109,3 +109,28 @@ def test_sampler_schedule_errors(tmp_path, capsys):
     assert _train(tmp_path, "--method", "sghmc_sa", "--epochs", "4", "--collect-from", "1",
                   "--adapt-epochs", "5")[0] == 2
     assert "burn-in" in capsys.readouterr().err
+
+
+def test_subsets_train_and_evaluate_on_the_first_examples(tmp_path):
+    rc, out = _train(tmp_path, "--subset", "60", "--test-subset", "40")
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["subset"] == 60 and metrics["config"]["test_subset"] == 40
+    assert cli.main(["evaluate", str(out), "--out", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["test_loglik"] == pytest.approx(metrics["test_loglik"], abs=1e-9)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--method", "map", "--dataset", "toy-homo", "--subset", "0", "--out", str(tmp_path)])
+
+
+def test_sghmc_sa_adaptation_order_reaches_the_sampler(tmp_path):
+    common = ("--method", "sghmc_sa", "--lr", "1e-3", "--epochs", "3", "--collect-from", "2", "--thin", "1",
+              "--keep", "1", "--adapt-epochs", "1", "--batch-size", "32")
+    rc_seed, seed = _train(tmp_path, *common, name="seed")
+    rc_pybnn, pybnn = _train(tmp_path, *common, "--adaptation", "pybnn", name="pybnn")
+    assert rc_seed == rc_pybnn == 0
+    m_seed = json.loads((seed / "metrics.json").read_text())
+    m_pybnn = json.loads((pybnn / "metrics.json").read_text())
+    assert m_seed["config"]["adaptation"] == "seed" and m_pybnn["config"]["adaptation"] == "pybnn"
+    assert m_seed["test_loglik"] != m_pybnn["test_loglik"]
+    assert "adaptation" not in json.loads((_train(tmp_path, name="map")[1] / "metrics.json").read_text())["config"]
