@@ -18,12 +18,11 @@ def test_markdown_table_lists_rows_seed_numbers_notes_and_spread():
     assert "| map | 2 | 1.53 ± 0.04 | -574.3 ± 20.2 |" in md
 
 
-def test_record_writes_json_and_markdown(tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist, "RESULTS", tmp_path)
+def test_record_writes_json_and_markdown(tmp_path):
     metrics = {"config": {"method": "map"}, "error_pct": 1.5, "test_loglik_sum": -500.0, "n_samples": 1,
                "epochs": 10, "train_wall_s": 100.0, "eval_s": 1.0, "commit": "abc1234", "nll_mean": 0.05,
                "brier": 0.02, "ece": 0.01, "mean_total_entropy": 0.1, "mean_epistemic_entropy": 0.0}
-    mnist.record("map", metrics, "python -m experiments.mnist map")
+    mnist.record("map", metrics, "python -m experiments.mnist map", results_dir=tmp_path)
     saved = json.loads((tmp_path / "mnist.json").read_text())
     assert saved["map"]["wall_s"] == 101.0 and saved["map"]["commit"] == "abc1234"
     assert set(saved["map"]) >= {"method", "error_pct", "test_loglik_sum", "n_samples", "epochs", "wall_s",
