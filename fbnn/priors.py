@@ -48,8 +48,11 @@ def normal(sigma: float = 1.0, mean: float = 0.0) -> Prior:
         return tree.map(lambda x: (x if mean == 0.0 else x - mean) * (-1.0 / sigma ** 2), params)
 
     def kl(q_mean, q_std):
+        # sum [log(sigma / s) + (s^2 + (m - mean)^2) / (2 sigma^2) - 1/2], as whole-tensor sums
         def leaf(m, s):
-            return (math.log(sigma) - torch.log(s) + (s ** 2 + (m - mean) ** 2) / (2 * sigma ** 2) - 0.5).sum()
+            s_flat = s.reshape(-1)
+            return (m.numel() * (math.log(sigma) - 0.5) - torch.log(s_flat).sum()
+                    + (torch.dot(s_flat, s_flat) + sq_dev(m)) / (2 * sigma ** 2))
         return sum(leaf(m, s) for m, s in zip(tree.leaves(q_mean), tree.leaves(q_std)))
 
     return Prior(log_prob, kl, f"normal(sigma={sigma:g})", grad)
@@ -60,7 +63,8 @@ def laplace(scale: float = 1.0, mean: float = 0.0) -> Prior:
     b = _positive(scale, "scale", "priors.laplace")
 
     def log_prob(params):
-        return sum((-math.log(2 * b) - (x - mean).abs() / b).sum() for x in tree.leaves(params))
+        return sum(-x.numel() * math.log(2 * b) - (x if mean == 0.0 else x - mean).abs().sum() / b
+                   for x in tree.leaves(params))
 
     def grad(params):
         return tree.map(lambda x: torch.sign(x - mean) * (-1.0 / b), params)
@@ -178,7 +182,11 @@ def scale_mixture(pi: float = 0.5, sigma1: float = 1.0, sigma2: float = math.exp
         return torch.logsumexp(both, dim=0).sum()
 
     def joint(x):
-        n1, n2 = log_normal(x, s1).sum(), log_normal(x, s2).sum()
+        # N_k = sum_w log N(w; 0, s_k^2) = -sum w^2 / (2 s_k^2) - n (log s_k + log(2 pi) / 2)
+        flat = x.reshape(-1)
+        sq, half_n = torch.dot(flat, flat), 0.5 * x.numel()
+        n1 = -0.5 / s1 ** 2 * sq - half_n * (2 * math.log(s1) + _LOG_2PI)
+        n2 = -0.5 / s2 ** 2 * sq - half_n * (2 * math.log(s2) + _LOG_2PI)
         if mode == "joint_sum":
             return torch.logsumexp(torch.stack([log_pi + n1, log_1m_pi + n2]), dim=0)
         m = torch.maximum(n1, n2)  # the seed's stabiliser; differentiated through, as there

@@ -172,6 +172,13 @@ def _dispatch(k, kind, shape, dtype, arg):
         if nb == 0:
             return _draw_concrete(k, kind, shape, dtype, arg)
         keys = k.reshape(-1, 2)  # one draw per key, as a loop over the batch would
+        if kind in ("normal", "uniform"):
+            # drawn straight into one buffer (bitwise the per-key draws, without a stack's copy)
+            out = torch.empty((keys.shape[0], *shape), dtype=dtype)
+            fill = torch.randn if kind == "normal" else torch.rand
+            for i in range(keys.shape[0]):
+                fill(shape, generator=_generator(keys[i]), dtype=dtype, out=out[i])
+            return out.reshape((*k.shape[:nb], *shape))
         draws = [_draw_concrete(keys[i], kind, shape, dtype, arg) for i in range(keys.shape[0])]
         return torch.stack(draws).reshape((*k.shape[:nb], *draws[0].shape))
     return _lift(run, [k])

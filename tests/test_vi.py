@@ -263,6 +263,63 @@ def test_sample_draws_weight_sets_for_predict():
     assert torch.allclose(mean_out[0], model.apply(st.mean, x))
 
 
+# --- the fast paths of a step ------------------------------------------------------------------------
+
+def test_reparam_has_addcmuls_values_and_gradients_for_any_gradient_layout():
+    # vi._Reparam (mu + sigma * eps, (S, ...)) makes the incoming gradient contiguous before
+    # summing over S; under grad, vmap and with a transposed upstream gradient it must give
+    # addcmul's numbers.
+    from torch.func import grad, vmap
+    mu, sigma = fr.normal(fr.key(0), (5, 4)), fr.uniform(fr.key(1), (5, 4)) + 0.1
+    eps, x = fr.normal(fr.key(2), (3, 5, 4)), fr.normal(fr.key(3), (3, 6, 4))
+
+    def loss(op, mu, sigma):  # the weight enters transposed, as F.linear under vmap
+        w = op(mu, sigma, eps)
+        return (vmap(lambda w_s, x_s: F.linear(x_s, w_s).tanh())(w, x) ** 2).sum() + (w ** 3).sum()
+
+    want = grad(lambda m, s: loss(torch.addcmul, m, s), argnums=(0, 1))(mu, sigma)
+    got = grad(lambda m, s: loss(vi._Reparam.apply, m, s), argnums=(0, 1))(mu, sigma)
+    assert torch.equal(vi._Reparam.apply(mu, sigma, eps), torch.addcmul(mu, sigma, eps))
+    assert all(torch.allclose(g, w, rtol=1e-6, atol=1e-6) for g, w in zip(got, want))
+    # under an outer vmap (an ensemble of BBP states)
+    mus, sigmas = torch.stack([mu, 2 * mu]), torch.stack([sigma, sigma + 1])
+    per = vmap(grad(lambda m, s: loss(vi._Reparam.apply, m, s), argnums=(0, 1)))(mus, sigmas)
+    assert torch.allclose(per[0][1], grad(lambda m, s: loss(torch.addcmul, m, s))(2 * mu, sigma + 1), rtol=1e-5)
+
+
+def test_half_squared_norms_per_sample():
+    eps = {"a": fr.normal(fr.key(0), (3, 4, 5)), "b": fr.normal(fr.key(1), (3, 7))}
+    want = -0.5 * sum(e.reshape(3, -1).double().pow(2).sum(1) for e in eps.values())
+    assert torch.allclose(vi._half_sq_norms(eps, ["a", "b"], 3).double(), want, rtol=1e-6)
+    assert torch.equal(vi._half_sq_norms(eps, [], 3), torch.zeros(3))
+
+
+def test_whole_tensor_prior_sums_match_their_elementwise_definitions():
+    # priors.normal's KL, laplace's log density and the seed's joint-sum mixtures are computed
+    # as whole-tensor sums (dot products); the elementwise formulas in float64 agree.
+    m, s = fr.normal(fr.key(0), (30, 20)) * 0.1, fr.uniform(fr.key(1), (30, 20)) * 0.1 + 0.01
+    m64, s64 = m.double(), s.double()
+    kl = (math.log(0.1) - torch.log(s64) + (s64 ** 2 + m64 ** 2) / (2 * 0.01) - 0.5).sum()
+    assert float(priors.normal(0.1).kl(m, s)) == pytest.approx(float(kl), rel=1e-5)
+    assert float(priors.laplace(0.1, 0.02).log_prob(m)) == pytest.approx(
+        float((-math.log(0.2) - (m64 - 0.02).abs() / 0.1).sum()), rel=1e-5)
+    log_n1 = (-0.5 * (m64 / 0.1) ** 2 - math.log(0.1) - 0.5 * math.log(2 * math.pi)).sum()
+    log_n2 = (-0.5 * (m64 / 5e-4) ** 2 - math.log(5e-4) - 0.5 * math.log(2 * math.pi)).sum()
+    src = torch.logsumexp(torch.stack([math.log(0.75) + log_n1, math.log(0.25) + log_n2]), 0)
+    assert float(priors.scale_mixture(0.75, 0.1, 5e-4, "joint_sum").log_prob(m)) == pytest.approx(
+        float(src), rel=1e-5)
+
+
+def test_vmapped_draws_fill_one_buffer_with_the_loops_bits():
+    from torch.func import vmap
+    keys = fr.split(fr.key(9), 4)
+    for draw in (lambda k: fr.normal(k, (3, 17)), lambda k: fr.uniform(k, (5,), low=-1.0, high=2.0),
+                 lambda k: fr.normal(k, ())):
+        assert torch.equal(vmap(draw)(keys), torch.stack([draw(k) for k in keys]))
+    nested = vmap(vmap(lambda k: fr.normal(k, (6,))))(fr.split(keys, 2))
+    assert torch.equal(nested[2, 1], fr.normal(fr.split(keys, 2)[2, 1], (6,)))
+
+
 # --- fitting -----------------------------------------------------------------------------------------
 
 def test_bbp_fit_reduces_the_loss_and_classifies(toy_classification):

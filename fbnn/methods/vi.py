@@ -286,10 +286,48 @@ def _discover_layers(vmodel, plan_names, flags, mean, model_state, x):
     return weights, biases, sum(w in var for w, _ in rec.calls)
 
 
+class _Reparam(torch.autograd.Function):
+    """``mu + sigma * eps``: ``(...), (...), (S, ...) -> (S, ...)``.
+
+    Same values and gradients as ``torch.addcmul``; its backward makes the incoming
+    gradient contiguous (under ``vmap`` a linear layer's weight gradient arrives
+    transposed, and autograd's reduction over ``S`` of a transposed tensor is several
+    times slower than a copy) and sums over ``S`` with elementwise adds, sample by sample
+    (no ``(S, ...)`` temporary for ``g * eps``)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mu, sigma, eps):
+        return torch.addcmul(mu, sigma, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, g):
+        (eps,) = ctx.saved_tensors
+        g = g.contiguous()
+        g_mu, g_sigma = g[0], g[0] * eps[0]
+        for s in range(1, g.shape[0]):
+            g_mu = g_mu + g[s]
+            g_sigma = torch.addcmul(g_sigma, g[s], eps[s])
+        return g_mu, g_sigma, None
+
+
 def _sample_weights(mean, std, eps, plan) -> dict:
-    """``{name: mu + sigma * eps}`` for every name in ``eps`` (leading axes of ``eps`` kept)."""
+    """``{name: mu + sigma * eps}`` for every name in ``eps`` (``eps (S, ...)``, S kept)."""
     means = dict(zip(plan.names, tree.leaves(mean)))
-    return {n: means[n] + std[n] * e for n, e in eps.items()}
+    return {n: _Reparam.apply(means[n], std[n], e) for n, e in eps.items()}
+
+
+def _half_sq_norms(eps: dict, names, n_s: int) -> torch.Tensor:
+    """``-sum eps^2 / 2`` per sample over the tensors ``names``: ``{name: (S, ...)} -> (S,)``."""
+    total = torch.zeros(n_s)
+    for n in names:
+        flat = eps[n].reshape(n_s, -1)
+        total = total - 0.5 * torch.stack([torch.dot(v, v) for v in flat]).to(total.dtype)
+    return total
 
 
 def _forward(vmodel, plan, mean, std, eps, sampled, model_state, x, key_model, layer_keys, train=True):
@@ -677,8 +715,7 @@ def bbp(model, likelihood, optimizer, prior, n_batches: int, *, n_samples=1, kl:
         mc = {n for n in state.rho if not closed_form(n)}
         eps, k_model, layer_keys = _draw_noise(vmodel.estimator, plan, state.rho, fr.split(key, n_s), mc)
         # log q's -eps^2 / 2 (a constant to the gradient), per sample: (S,)
-        eps_sq = sum((-0.5 * eps[n].reshape(n_s, -1).pow(2).sum(1) for n in mc if kl == "mc"),
-                     torch.zeros(n_s))
+        eps_sq = _half_sq_norms(eps, sorted(mc) if kl == "mc" else [], n_s)
         draws = (eps, k_model, layer_keys, eps_sq)
         grads, (aux, model_state) = grad_fn(trainable, state.model_state, batch, draws, state.count)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
