@@ -85,8 +85,11 @@ def markdown(results: dict) -> str:
              "The stopping epoch (and the grid point, where a method's grid in `_CONFIGS` has more than "
              "one) is chosen per split on 20 % of its training rows; the test rows are never used to "
              "choose. Predictive = equal-weight mixture of the "
-             "Gaussians of all nets / draws. Produced by `python -m experiments.uci` "
-             "(settings: `fbnn/regression.py`, `_CONFIGS`).", ""]
+             "Gaussians of all nets / draws. `laplace`: a K-FAC GGN Laplace around the MAP net (the "
+             "ensemble's first member), prior precision by its marginal likelihood on the training rows, "
+             "GLM predictive; `ensemble_laplace`: the same around each of the ensemble's 5 members, mixed "
+             "with equal weights (a mixture of Laplace approximations, Eschenhagen et al. 2021). "
+             "Produced by `python -m experiments.uci` (settings: `fbnn/regression.py`, `_CONFIGS`).", ""]
     for protocol in PROTOCOLS:
         by_method = results.get(protocol, {})
         if not by_method:
@@ -128,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=UCI_DATASETS, default=list(UCI_DATASETS))
     p.add_argument("--methods", nargs="+", choices=reg.REGRESSION_METHODS,
-                   default=["ensemble", "map", "laplace", "mc_dropout", "bbp", "sghmc"])
+                   default=["ensemble", "map", "laplace", "ensemble_laplace", "mc_dropout", "bbp", "sgld", "sghmc"])
     p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     p.add_argument("--quick", action="store_true", help="2 splits, one grid point, a few epochs")
     p.add_argument("--max-splits", type=int, default=None, help="run only the first splits")

@@ -38,7 +38,8 @@ __all__ = ["REGRESSION_METHODS", "mean_se", "summarize", "destandardize", "valid
            "build_method", "score_splits", "select_by_validation", "laplace_scores", "uci_method_runs",
            "gaussian_bands", "nig_bands", "TOY_METHODS", "toy_bands"]
 
-REGRESSION_METHODS = ("map", "ensemble", "mc_dropout", "bbp", "sgld", "sghmc", "laplace")
+REGRESSION_METHODS = ("map", "ensemble", "mc_dropout", "bbp", "sgld", "sghmc", "laplace", "ensemble_laplace")
+_LAPLACE_METHODS = ("laplace", "ensemble_laplace")
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -271,6 +272,7 @@ _CONFIGS = {
     "sgld": MethodConfig(1, 1, True, 0.5, ({"lr": 1e-2},), 100, 1000, 400, 20),
 }
 _CONFIGS["laplace"] = _CONFIGS["map"]
+_CONFIGS["ensemble_laplace"] = _CONFIGS["ensemble"]
 
 
 def method_config(name: str, quick: bool = False, steps_scale: float = 1.0) -> MethodConfig:
@@ -336,7 +338,7 @@ def _train_and_score(name: str, cfg: MethodConfig, hp: dict, groups: Groups, key
     """Train ``cfg.streams`` nets per group on ``groups`` and score every evaluation epoch.
 
     ``score_sets``: ``{name: number of leading streams pooled}``. Returns
-    ``({epoch: {set: (ll (G,), rmse (G,))}}, {epoch: first stream's params (G, ...)}, model)``;
+    ``({epoch: {set: (ll (G,), rmse (G,))}}, {epoch: params (G, streams, ...)}, model)``;
     the parameters only with ``keep_params``.
     """
     g, n_max = groups.x_train.shape[:2]
@@ -362,7 +364,7 @@ def _train_and_score(name: str, cfg: MethodConfig, hp: dict, groups: Groups, key
             scores[epoch][s] = mixture_scores(acc[s], groups.y_eval, groups.eval_mask, groups.y_std)
         if keep_params:
             params = ens.sample(state, fr.key(0), g * cfg.streams).params
-            snapshots[epoch] = tree.map(lambda p: p[::cfg.streams].clone(), params)
+            snapshots[epoch] = tree.map(lambda p: p.reshape(g, cfg.streams, *p.shape[1:]).clone(), params)
 
     params0 = init_members(model, fr.fold_in(k_train, 1), g * cfg.streams)
     train_streams(method, params0, groups.x_train, groups.y_train, groups.n_train, cfg.streams, k_train,
@@ -385,10 +387,16 @@ def score_splits(name: str, splits: Sequence[tuple], key, *, quick: bool = False
     own training statistics). Per split, the grid point and evaluation epoch with the best
     validation log-likelihood give its test numbers (``select_by_validation``).
     ``"ensemble"`` also reports its first net as ``"map"``; with ``laplace=True`` (or for
-    ``"laplace"``) the chosen MAP net gets a K-FAC Laplace (``laplace_scores``).
+    ``"laplace"``) the chosen MAP net gets a K-FAC Laplace (``laplace_scores``), and for
+    ``"ensemble"`` every member of the chosen ensemble gets one too: ``"ensemble_laplace"``,
+    a mixture of Laplace approximations (Eschenhagen et al. 2021).
 
     Returns ``{method: {"test_ll": [...], "rmse": [...], "choice": [...]}}``.
     """
+    if name == "ensemble_laplace":
+        res = score_splits("ensemble", splits, key, quick=quick, val_fraction=val_fraction, laplace=True,
+                           progress=progress, steps_scale=steps_scale)
+        return {"ensemble_laplace": res["ensemble_laplace"]}
     cfg = method_config(name, quick, steps_scale)
     n_splits, n_in = len(splits), splits[0][0].shape[1]
     val_parts, test_parts = [], []
@@ -417,9 +425,15 @@ def score_splits(name: str, splits: Sequence[tuple], key, *, quick: bool = False
     results = {s: select_by_validation(val_scores[s], test_scores[s], cfg.grid) for s in score_sets}
     if keep:
         choices = results["map"]["choice"]
-        params = [tree.index(snaps[c["grid_index"]][c["epoch"]], n_splits + i) for i, c in enumerate(choices)]
+        params = [tree.index(snaps[c["grid_index"]][c["epoch"]], (n_splits + i, slice(0, 1)))
+                  for i, c in enumerate(choices)]
         results["laplace"] = laplace_scores(model, params, test_parts, fr.fold_in(key, 99))
         results["laplace"]["choice"] = choices
+        if name == "ensemble":
+            choices = results["ensemble"]["choice"]
+            params = [tree.index(snaps[c["grid_index"]][c["epoch"]], n_splits + i) for i, c in enumerate(choices)]
+            results["ensemble_laplace"] = laplace_scores(model, params, test_parts, fr.fold_in(key, 98))
+            results["ensemble_laplace"]["choice"] = choices
     if name == "laplace":
         results.pop("map")
     return results
@@ -445,37 +459,48 @@ def select_by_validation(val_ll: dict, test: dict, grid: Sequence[dict]) -> dict
 
 
 def laplace_scores(model, params: list, splits: Sequence[UCISplit], key, *, n_samples: int = 100) -> dict:
-    """K-FAC Laplace (GGN) around each split's MAP net; prior precision by the Laplace marginal
-    likelihood on the training rows; GLM predictive ``f ~ N(f*, J Sigma J')`` on the test rows,
-    scored as a mixture of ``n_samples`` Gaussians. Returns ``{"test_ll": [...], "rmse": [...]}``."""
+    """K-FAC Laplace (GGN) around each net of each split; prior precision by each net's Laplace
+    marginal likelihood on the training rows; GLM predictive ``f ~ N(f*, J Sigma J')`` on the
+    test rows, scored as an equal-weight mixture of ``n_samples`` Gaussians per net.
+
+    ``params[i]``: the nets of split ``i`` stacked on a leading axis ``(K, ...)`` (``K = 1``: a
+    Laplace around one MAP net; ``K > 1``: a mixture of Laplace approximations around an
+    ensemble's members). Returns ``{"test_ll": [...], "rmse": [...], "prior_precision": [[...]]}``.
+    """
     lik = likelihoods.gaussian()
     out = {"test_ll": [], "rmse": [], "prior_precision": []}
-    for i, (p, s) in enumerate(zip(params, splits)):
-        la = la_mod.kfac_laplace(model, lik, n_data=s.x_train.shape[0])
-        state = la_mod.fit_laplace(la, p, (s.x_train, s.y_train), batch_size=256)
-        tau = la.optimize_prior_precision(state, bounds=(1e-4, 1e4))
-        mean, cov = la.glm_predictive(state, s.x_test, prior_precision=tau)
-        chol = torch.linalg.cholesky(cov.double() + 1e-9 * torch.eye(cov.shape[-1], dtype=torch.float64))
-        z = fr.normal(fr.fold_in(key, i), (n_samples,) + tuple(mean.shape), dtype=torch.float64)
-        f = mean.double() + torch.einsum("bkl,sbl->sbk", chol, z)       # (S, m, 2)
-        acc = mixture_add(mixture_init(1, s.x_test.shape[0]), f[None], s.y_test[None])
+    for i, (nets, s) in enumerate(zip(params, splits)):
+        acc, taus = mixture_init(1, s.x_test.shape[0]), []
+        for k in range(tree.leaves(nets)[0].shape[0]):
+            la = la_mod.kfac_laplace(model, lik, n_data=s.x_train.shape[0])
+            state = la_mod.fit_laplace(la, tree.index(nets, k), (s.x_train, s.y_train), batch_size=256)
+            tau = la.optimize_prior_precision(state, bounds=(1e-4, 1e4))
+            mean, cov = la.glm_predictive(state, s.x_test, prior_precision=tau)
+            chol = torch.linalg.cholesky(cov.double() + 1e-9 * torch.eye(cov.shape[-1], dtype=torch.float64))
+            z = fr.normal(fr.fold_in(fr.fold_in(key, i), k), (n_samples,) + tuple(mean.shape), dtype=torch.float64)
+            f = mean.double() + torch.einsum("bkl,sbl->sbk", chol, z)       # (S, m, 2)
+            acc = mixture_add(acc, f[None], s.y_test[None])
+            taus.append(float(tau))
         ll, rmse = mixture_scores(acc, s.y_test[None], torch.ones(1, s.x_test.shape[0], dtype=torch.bool),
                                   torch.tensor([s.y_std], dtype=torch.float64))
         out["test_ll"].append(float(ll[0]))
         out["rmse"].append(float(rmse[0]))
-        out["prior_precision"].append(float(tau))
+        out["prior_precision"].append(taus)
     return out
 
 
 def uci_method_runs(methods: Sequence[str]) -> list[tuple[str, bool]]:
     """Training runs that cover ``methods``: ``(run_method, with_laplace)``. One ensemble run
-    also gives "map" (its first net) and, if asked, "laplace" around that net."""
+    also gives "map" (its first net) and, if asked, "laplace" around that net and
+    "ensemble_laplace" around every member."""
     wanted = list(dict.fromkeys(methods))
+    shared = ("ensemble", "map", *_LAPLACE_METHODS)
     runs = []
-    if any(m in wanted for m in ("ensemble", "map", "laplace")):
-        base = "ensemble" if "ensemble" in wanted else ("map" if "map" in wanted else "laplace")
-        runs.append((base, "laplace" in wanted))
-    runs += [(m, False) for m in wanted if m not in ("ensemble", "map", "laplace")]
+    if any(m in wanted for m in shared):
+        needs_ensemble = "ensemble" in wanted or "ensemble_laplace" in wanted
+        base = "ensemble" if needs_ensemble else ("map" if "map" in wanted else "laplace")
+        runs.append((base, any(m in wanted for m in _LAPLACE_METHODS)))
+    runs += [(m, False) for m in wanted if m not in shared]
     return runs
 
 

@@ -28,3 +28,32 @@ def test_record_writes_json_and_markdown(tmp_path):
     assert set(saved["map"]) >= {"method", "error_pct", "test_loglik_sum", "n_samples", "epochs", "wall_s",
                                  "command", "commit"}
     assert "| map | map | 1.50 | -500.00 |" in (tmp_path / "mnist.md").read_text()
+
+
+def test_reproduce_quick_runs_every_stage_then_skips_them(tmp_path, capsys):
+    # The whole pipeline in --quick mode (tiny subsets, same code paths), into tmp_path; a
+    # second call finds every stage's inputs unchanged and runs nothing.
+    from experiments import reproduce
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["--quick", "--runs-dir", str(runs), "--results-dir", str(results)]
+    assert reproduce.main(argv) == 0
+    log = json.loads((results / "reproduce.json").read_text())
+    names = [s.name for s in reproduce.stages(True, runs, results)]
+    assert sorted(log) == sorted(names)
+    assert all(entry["quick"] and entry["wall_s"] > 0 for entry in log.values())
+    saved = json.loads((results / "mnist.json").read_text())
+    assert {"map", "mc_dropout", "ensemble", "sgld", "psgld", "sghmc_sa", "evidential", "kfac_laplace",
+            "bbp_gaussian", "bbp_gmm", "bbp_laplace", "bbp_lrt"} <= set(saved)
+    for name in ("uci.json", "uci.md", "pruning.md", "uncertainty.json", "uncertainty.md",
+                 "figures/toy_gp.png", "figures/rotation_all.png"):
+        assert (results / name).stat().st_size > 0, name
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("inputs unchanged, skipped") == len(names)
+
+
+def test_reproduce_rejects_an_unknown_stage(tmp_path, capsys):
+    from experiments import reproduce
+    assert reproduce.main(["--quick", "--stages", "nope", "--results-dir", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -148,3 +148,44 @@ def test_toy_quick_run_and_bad_method(tmp_path, capsys):
     with pytest.raises(SystemExit):
         toy.main(["--methods", "wizard"])
     assert "wizard" in capsys.readouterr().err
+
+
+def test_laplace_runs_share_one_training_run():
+    assert reg.uci_method_runs(["ensemble_laplace"]) == [("ensemble", True)]
+    assert reg.uci_method_runs(["map", "laplace"]) == [("map", True)]
+    assert reg.uci_method_runs(["laplace", "ensemble", "bbp"]) == [("ensemble", True), ("bbp", False)]
+    assert reg.uci_method_runs(["ensemble", "sgld"]) == [("ensemble", False), ("sgld", False)]
+
+
+def test_mixture_of_laplaces_over_copies_of_one_net_is_that_nets_laplace():
+    # K copies of one net: K times the components of one Gaussian predictive, so the mixture's
+    # log-likelihood equals the single Laplace's up to Monte Carlo error (400 vs 200 draws);
+    # two different nets give a different predictive.
+    from fbnn import models
+    rng = np.random.RandomState(0)
+    x = rng.randn(60, 3)
+    y = x @ np.array([1.0, -0.5, 0.2]) + 0.3 * rng.randn(60)
+    split = standardize(x[:45], y[:45], x[45:], y[45:])
+    model = models.mlp([3, 8, 1], head="hetero")
+    nets = [model.init(fr.key(k)) for k in range(2)]
+    one = {n: p[None] for n, p in nets[0].items()}
+    copies = {n: torch.stack([p, p]) for n, p in nets[0].items()}
+    two = {n: torch.stack([a, b]) for (n, a), b in zip(nets[0].items(), nets[1].values())}
+    single = reg.laplace_scores(model, [one], [split], fr.key(1), n_samples=200)
+    doubled = reg.laplace_scores(model, [copies], [split], fr.key(1), n_samples=200)
+    mixed = reg.laplace_scores(model, [two], [split], fr.key(1), n_samples=200)
+    assert len(doubled["prior_precision"][0]) == 2 and doubled["prior_precision"][0][0] == doubled["prior_precision"][0][1]
+    assert doubled["test_ll"][0] == pytest.approx(single["test_ll"][0], abs=0.03)
+    assert doubled["rmse"][0] == pytest.approx(single["rmse"][0], rel=0.02)
+    assert abs(mixed["test_ll"][0] - single["test_ll"][0]) > 0.03
+
+
+def test_uci_quick_ensemble_laplace(tmp_path):
+    from experiments import uci
+    assert uci.main(["--quick", "--datasets", "yacht", "--methods", "ensemble", "ensemble_laplace",
+                     "--protocol", "standard20", "--max-splits", "2", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "uci.json").read_text())["standard20"]
+    assert set(results) == {"ensemble", "ensemble_laplace"}
+    entry = results["ensemble_laplace"]["yacht"]
+    assert entry["n_splits"] == 2 and math.isfinite(entry["test_ll_mean"])
+    assert "ensemble_laplace" in (tmp_path / "uci.md").read_text()
