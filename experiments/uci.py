@@ -89,7 +89,9 @@ def markdown(results: dict) -> str:
              "ensemble's first member), prior precision by its marginal likelihood on the training rows, "
              "GLM predictive; `ensemble_laplace`: the same around each of the ensemble's 5 members, mixed "
              "with equal weights (a mixture of Laplace approximations, Eschenhagen et al. 2021). "
-             "Produced by `python -m experiments.uci` (settings: `fbnn/regression.py`, `_CONFIGS`).", ""]
+             "Produced by `python -m experiments.uci` (settings: `fbnn/regression.py`, `_CONFIGS`); a cell "
+             "with steps_scale s below comes from `python -m experiments.uci --protocol <protocol> "
+             "--datasets <dataset> --methods <method> --steps-scale s`.", ""]
     for protocol in PROTOCOLS:
         by_method = results.get(protocol, {})
         if not by_method:
@@ -121,7 +123,7 @@ def markdown(results: dict) -> str:
                 ll = by_method[best][d]["test_ll_mean"]
                 win = ll > PUBLISHED[BAR][d][0]
                 wins += win
-                lines.append(f"| {d} | {best} | {ll:.2f} ± {by_method[best][d]['test_ll_se']:.2f} | "
+                lines.append(f"| {d} | {best} | {ll:.3f} ± {by_method[best][d]['test_ll_se']:.3f} | "
                              f"{PUBLISHED[BAR][d][0]:.2f} | {'yes' if win else 'no'} |")
             lines += ["", f"Beats {BAR} on {wins} of {len(datasets)} datasets.", ""]
     return "\n".join(lines) + "\n"

@@ -269,7 +269,8 @@ _CONFIGS = {
     "mc_dropout": MethodConfig(1, 10, False, 0.0, ({"lr": 5e-3, "p": 0.05, "wd": 1e-4},), 100, 800, 400, 10),
     "bbp": MethodConfig(1, 10, False, 0.0, ({"lr": 1e-2},), 100, 600, 400, 8),
     "sghmc": MethodConfig(1, 1, True, 0.5, ({"lr": 1e-2},), 100, 1000, 400, 20),
-    "sgld": MethodConfig(1, 1, True, 0.5, ({"lr": 1e-2},), 100, 1000, 400, 20),
+    # plain SGLD mixes slowly: 5,000+ steps, the step size chosen on validation
+    "sgld": MethodConfig(1, 1, True, 0.5, ({"lr": 1e-2}, {"lr": 3e-2}, {"lr": 1e-1}), 100, 5000, 4000, 20),
 }
 _CONFIGS["laplace"] = _CONFIGS["map"]
 _CONFIGS["ensemble_laplace"] = _CONFIGS["ensemble"]
