@@ -135,7 +135,10 @@ def main(argv=None) -> int:
                    help="784-100-100-10, 1 MAP epoch, curvature on 1,000 and evaluation on 500 images, "
                         "5 samples (same code paths)")
     p.add_argument("--results-dir", default=None, help="where mnist.json / mnist.md are written (default results/)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     map_epochs, hidden = MAP_CONFIG["epochs"], MAP_CONFIG["hidden"]
     if args.quick:
         args.n_train, args.n_test, args.samples, map_epochs, hidden = 1000, 500, 5, 1, [100, 100]
