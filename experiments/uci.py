@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from fbnn import cli
 from fbnn import data as fdata
 from fbnn import random as fr
 from fbnn import regression as reg
@@ -63,9 +64,7 @@ def merge_results(path: Path, protocol: str, method: str, dataset: str, entry: d
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(path.read_text()) if path.exists() else {}
         results.setdefault(protocol, {}).setdefault(method, {})[dataset] = entry
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-        tmp.replace(path)
+        cli.write_json_atomic(path, results)
     return results
 
 
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
         json_path = Path(args.out) / "uci.json"
         if not json_path.exists():
             raise FileNotFoundError(f"no results to report: {json_path} does not exist")
-        (Path(args.out) / "uci.md").write_text(markdown(json.loads(json_path.read_text())))
+        cli.write_text_atomic(Path(args.out) / "uci.md", markdown(json.loads(json_path.read_text())))
         return 0
     root = fdata.data_dir(args.data_dir)
     if not (root / "uci").is_dir():
@@ -183,7 +182,7 @@ def main(argv=None) -> int:
                     print(f"[{protocol} {dataset}] {method}: test LL {entry['test_ll_mean']:.3f} ± "
                           f"{entry['test_ll_se']:.3f}, RMSE {entry['rmse_mean']:.3f} ± {entry['rmse_se']:.3f} "
                           f"({entry['n_splits']} splits, run {wall:.0f} s)", flush=True)
-                    (out / "uci.md").write_text(markdown(results))
+                    cli.write_text_atomic(out / "uci.md", markdown(results))
     return 0
 
 

@@ -302,6 +302,20 @@ def _fmt(v, f="{:.3f}"):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
 
 
+def _sweep_table(ms: dict, names, sweep: str, title: str, peak_name: str, labels: list, show: list) -> list:
+    """Markdown rows of one sweep (``"rotation"`` or ``"fgsm"``): per model, error rate / mean
+    total H / mean epistemic H at the columns ``show`` (indices into ``labels``), and the
+    epistemic peak with its label."""
+    lines = ["", title, "", "| model | " + " | ".join(labels[i] for i in show) + f" | epistemic peak ({peak_name}) |",
+             "|---|" + "---|" * (len(show) + 1)]
+    for n in names:
+        r, acc = ms[n][sweep], ms[n]["acceptance"][f"{sweep}_epistemic"]
+        cells = " | ".join(f"{r['error'][i]:.2f} / {r['total_mean'][i]:.2f} / {r['epistemic_mean'][i]:.3f}"
+                           for i in show)
+        lines.append(f"| {n} | {cells} | {acc['peak']:.3f} ({labels[acc['peak_index']]}) |")
+    return lines
+
+
 def markdown(res: dict) -> str:
     st, ms = res["settings"], res["models"]
     names = [n for n in MODELS if n in ms]
@@ -334,24 +348,12 @@ def markdown(res: dict) -> str:
         c = ms[n]["clean"]
         lines.append(f"| {n} | {c['error_pct']:.2f} | {c['nll_mean']:.4f} | {c['ece']:.4f} | {c['brier']:.4f} | "
                      f"{c['mean_total']:.4f} | {c['mean_epistemic']:.4f} |")
-    show_a = [i for i, a in enumerate(angles) if a in (0, 23, 47, 71, 95, 131, 179)]
-    lines += ["", "## Rotations: mean over images (error rate / mean total H / mean epistemic H)", "",
-              "| model | " + " | ".join(f"{angles[i]}°" for i in show_a) + " | epistemic peak (angle) |",
-              "|---|" + "---|" * (len(show_a) + 1)]
-    for n in names:
-        r, acc = ms[n]["rotation"], ms[n]["acceptance"]["rotation_epistemic"]
-        cells = " | ".join(f"{r['error'][i]:.2f} / {r['total_mean'][i]:.2f} / {r['epistemic_mean'][i]:.3f}"
-                           for i in show_a)
-        lines.append(f"| {n} | {cells} | {acc['peak']:.3f} ({angles[acc['peak_index']]}°) |")
-    show_e = [i for i, v in enumerate(eps) if v in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
-    lines += ["", "## FGSM: error rate / mean total H / mean epistemic H", "",
-              "| model | " + " | ".join(f"ε={eps[i]:g}" for i in show_e) + " | epistemic peak (ε) |",
-              "|---|" + "---|" * (len(show_e) + 1)]
-    for n in names:
-        f, acc = ms[n]["fgsm"], ms[n]["acceptance"]["fgsm_epistemic"]
-        cells = " | ".join(f"{f['error'][i]:.2f} / {f['total_mean'][i]:.2f} / {f['epistemic_mean'][i]:.3f}"
-                           for i in show_e)
-        lines.append(f"| {n} | {cells} | {acc['peak']:.3f} (ε={eps[acc['peak_index']]:g}) |")
+    lines += _sweep_table(ms, names, "rotation", "## Rotations: mean over images (error rate / mean total H / "
+                          "mean epistemic H)", "angle", [f"{a}°" for a in angles],
+                          [i for i, a in enumerate(angles) if a in (0, 23, 47, 71, 95, 131, 179)])
+    lines += _sweep_table(ms, names, "fgsm", "## FGSM: error rate / mean total H / mean epistemic H", "ε",
+                          [f"ε={v:g}" for v in eps],
+                          [i for i, v in enumerate(eps) if v in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)])
     lines += ["", "## Acceptance: epistemic entropy under rotation and FGSM", "",
               ("\"rises\": the mean epistemic entropy's peak over the sweep is at least twice its value on the "
                "clean images and at least 0.01 nats above it."), "",
@@ -492,16 +494,18 @@ def run(args, argv) -> dict:
         print(f"uncertainty: {name}: {m['wall_s']['total']:.0f} s; AUROC KMNIST total "
               f"{m['ood']['kmnist']['auroc_total']:.3f} / MI {m['ood']['kmnist']['auroc_epistemic']:.3f}", flush=True)
         m["command"] = settings["command"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cli.write_json_atomic(json_path, res)   # after every model: a long run's results survive a stop
-        (out_dir / "uncertainty.md").write_text(markdown(res))
+        save_results(res, json_path, out_dir)   # after every model: a long run's results survive a stop
     if not res["models"]:
         raise ValueError("no model could be evaluated: " + "; ".join(f"{n}: {w}" for n, w in res["skipped"].items()))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cli.write_json_atomic(json_path, res)
-    (out_dir / "uncertainty.md").write_text(markdown(res))
+    save_results(res, json_path, out_dir)
     write_figures(res, out_dir / "figures")
     return res
+
+
+def save_results(res: dict, json_path: Path, out_dir: Path) -> None:
+    """``uncertainty.json`` and ``uncertainty.md``, each written atomically."""
+    cli.write_json_atomic(json_path, res)
+    cli.write_text_atomic(out_dir / "uncertainty.md", markdown(res))
 
 
 def report_only(out_dir: Path) -> dict:
@@ -509,7 +513,7 @@ def report_only(out_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run without --report-only first")
     res = json.loads(path.read_text())
-    (out_dir / "uncertainty.md").write_text(markdown(res))
+    cli.write_text_atomic(out_dir / "uncertainty.md", markdown(res))
     write_figures(res, out_dir / "figures")
     return res
 

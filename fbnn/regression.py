@@ -472,8 +472,8 @@ def laplace_scores(model, params: list, splits: Sequence[UCISplit], key, *, n_sa
     out = {"test_ll": [], "rmse": [], "prior_precision": []}
     for i, (nets, s) in enumerate(zip(params, splits)):
         acc, taus = mixture_init(1, s.x_test.shape[0]), []
+        la = la_mod.kfac_laplace(model, lik, n_data=s.x_train.shape[0])
         for k in range(tree.leaves(nets)[0].shape[0]):
-            la = la_mod.kfac_laplace(model, lik, n_data=s.x_train.shape[0])
             state = la_mod.fit_laplace(la, tree.index(nets, k), (s.x_train, s.y_train), batch_size=256)
             tau = la.optimize_prior_precision(state, bounds=(1e-4, 1e4))
             mean, cov = la.glm_predictive(state, s.x_test, prior_precision=tau)

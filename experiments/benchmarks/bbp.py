@@ -27,7 +27,6 @@ medians of CPU time (this process) and wall time; ratios peer / fbnn (above 1: f
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fbnn import likelihoods, models, optim, priors
+from fbnn import cli, likelihoods, models, optim, priors
 from fbnn import random as fr
 from fbnn.methods import Batch, vi
 
@@ -159,9 +158,8 @@ def main(argv=None) -> int:
         print(f"{k:18s} {1e3 * m['cpu']:12.1f} {m['cpu'] / ref['cpu']:11.2f} {1e3 * m['wall']:13.1f} "
               f"{m['wall'] / ref['wall']:11.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"medians_s": med, "times_s": times, "versions": versions, "notes": notes,
-                       "repeats": args.repeats}, f, indent=1)
+        cli.write_json_atomic(args.json, {"medians_s": med, "times_s": times, "versions": versions, "notes": notes,
+                                          "repeats": args.repeats})
     return 0
 
 

@@ -15,13 +15,12 @@ time; both are kept in the JSON), its ratio to MAP's median and the implied epoc
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
-from fbnn import likelihoods, models, optim
+from fbnn import cli, likelihoods, models, optim
 from fbnn import random as fr
 from fbnn.methods import Batch, map_estimate
 
@@ -82,8 +81,7 @@ def main(argv=None) -> int:
         print(f"{k:14s} {r['cpu_ms']:9.1f} {r['cpu_ratio_to_map']:7.2f} {r['epoch_s_cpu']:16.1f} s"
               f"   ({r['wall_ms']:.1f}, {r['wall_ratio_to_map']:.2f})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"summary": res, "times": times, "repeats": args.repeats}, f, indent=1)
+        cli.write_json_atomic(args.json, {"summary": res, "times": times, "repeats": args.repeats})
     return 0
 
 

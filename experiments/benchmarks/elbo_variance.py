@@ -21,12 +21,11 @@ stays as M grows (M * Var grows ~ M).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from fbnn import likelihoods, models, optim, priors, tree
+from fbnn import cli, likelihoods, models, optim, priors, tree
 from fbnn import random as fr
 from fbnn.methods import Batch, vi
 
@@ -101,9 +100,8 @@ def main(argv=None) -> int:
     print(f"({args.repeats} repeats per cell; the relative standard error of a variance from n repeats "
           f"is about sqrt(2 / (n - 1)) per coordinate, far less for the trace; {time.perf_counter() - t0:.0f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": res, "repeats": args.repeats, "state": "bbp_gaussian init, key(0), untrained"},
-                      f, indent=1)
+        cli.write_json_atomic(args.json, {"results": res, "repeats": args.repeats,
+                                          "state": "bbp_gaussian init, key(0), untrained"})
     return 0
 
 
