@@ -7,6 +7,11 @@
     python -m experiments.mnist psgld          # 200 epochs, 90 samples
     python -m experiments.mnist sghmc_sa       # 250 epochs, 100 samples
 
+Settings of one's own go after ``--`` as ``fbnn train`` arguments, which override the seed's,
+and need a row name of their own, for example
+
+    python -m experiments.mnist sghmc_sa --row-name sghmc_sa_fixed_prior -- --resample-prior-every 0
+
 Each run checkpoints every epoch under ``runs/mnist/<row>`` (``--resume`` continues),
 then adds its row to ``results/mnist.json`` and rewrites ``results/mnist.md``.
 """
@@ -112,7 +117,8 @@ def seed_summary(results: dict) -> list[str]:
             "|---|---|---|---|---|---|", *lines]
 
 
-def record(row: str, metrics: dict, command: str, results_dir: Path = RESULTS) -> dict:
+def record(row: str, metrics: dict, command: str, results_dir: Path = RESULTS,
+           own_settings: list[str] | None = None) -> dict:
     entry = {"method": metrics["config"]["method"], "error_pct": metrics["error_pct"],
              "test_loglik_sum": metrics["test_loglik_sum"], "n_samples": metrics["n_samples"],
              "epochs": metrics["epochs"], "wall_s": metrics["train_wall_s"] + metrics["eval_s"],
@@ -122,6 +128,7 @@ def record(row: str, metrics: dict, command: str, results_dir: Path = RESULTS) -
              **({"evidential_u": {k: metrics[k] for k in ("mean_u", "mean_u_correct", "mean_u_wrong", "max_prob_correct",
                                                     "max_prob_wrong", "mean_dirichlet_mutual_info")}}
                 if "mean_u" in metrics else {}),
+             **({"own_settings": list(own_settings)} if own_settings else {}),
              "config": metrics["config"]}
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -147,8 +154,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quick", action="store_true", help="2 epochs on 1,000 images (same code paths; minutes)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where mnist.json / mnist.md are written")
-    args = p.parse_args(argv)
-    command = "python -m experiments.mnist " + " ".join(argv if argv is not None else sys.argv[1:])
+    p.epilog = "after --: `fbnn train` arguments that replace the seed's settings (need --row-name)"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = p.parse_args(ours)
+    if overrides and not args.row_name:
+        p.error(f"settings of your own ({' '.join(overrides)}) need --row-name, "
+                f"so that they do not replace the seed-settings row {args.row!r}")
+    command = "python -m experiments.mnist " + " ".join(argv)
     name = args.row_name or (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}")
     train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),
                   "--out", str(Path(args.runs_dir) / name)]
@@ -164,11 +177,11 @@ def main(argv=None) -> int:
         train_args.append("--resume")
     if args.data_dir:
         train_args += ["--data-dir", args.data_dir]
-    ns = cli.parser().parse_args(train_args)
+    ns = cli.parser().parse_args(train_args + overrides)
     ns.command_line = command
     metrics = cli.cmd_train(ns)
     if not args.no_record:
-        record(name, metrics, command, args.results_dir)
+        record(name, metrics, command, args.results_dir, own_settings=overrides)
     return 0
 
 

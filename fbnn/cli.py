@@ -365,6 +365,13 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _every_or_never(text: str) -> int | None:
+    """A period in steps; 0 means never (None)."""
+    if text.strip() == "0":
+        return None
+    return _positive_int(text)
+
+
 def _non_negative_float(text: str) -> float:
     v = float(text)
     if not v >= 0 or not math.isfinite(v):
@@ -402,8 +409,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.99, help="pSGLD RMSprop decay")
     g.add_argument("--eps", type=_positive_float, default=1e-8, help="pSGLD preconditioner offset")
     g.add_argument("--friction", type=float, default=0.05, help="SGHMC friction C")
-    g.add_argument("--resample-momentum-every", type=int, default=50, help="steps (SGHMC)")
-    g.add_argument("--resample-prior-every", type=int, default=15, help="steps (sghmc_sa Gibbs precision)")
+    g.add_argument("--resample-momentum-every", type=_every_or_never, default=50,
+                   help="steps (SGHMC); 0: never")
+    g.add_argument("--resample-prior-every", type=_every_or_never, default=15,
+                   help="steps (sghmc_sa Gibbs precision); 0: never, a fixed N(0, prior-sigma^2) prior")
     g.add_argument("--clip-std-mul", type=float, default=20.0, help="sghmc_sa dynamic clipping k")
     g.add_argument("--adapt-epochs", type=int, default=20, help="sghmc_sa burn-in (adaptation) epochs")
     g.add_argument("--adaptation", choices=("seed", "pybnn"), default="seed",

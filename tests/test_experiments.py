@@ -57,3 +57,21 @@ def test_reproduce_rejects_an_unknown_stage(tmp_path, capsys):
     from experiments import reproduce
     assert reproduce.main(["--quick", "--stages", "nope", "--results-dir", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_own_settings_need_a_row_name(capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        mnist.main(["sghmc_sa", "--quick", "--no-record", "--", "--lr", "3e-3"])
+    assert "--row-name" in capsys.readouterr().err
+
+
+def test_own_settings_override_the_seed_settings_and_are_recorded(tmp_path):
+    argv = ["sghmc_sa", "--quick", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
+            "--row-name", "sghmc_sa_fixed_prior", "--", "--lr", "3e-3", "--resample-prior-every", "0"]
+    assert mnist.main(argv) == 0
+    row = json.loads((tmp_path / "mnist.json").read_text())["sghmc_sa_fixed_prior"]
+    assert row["own_settings"] == ["--lr", "3e-3", "--resample-prior-every", "0"]
+    assert row["config"]["lr"] == 3e-3 and row["config"]["resample_prior_every"] is None
+    assert row["config"]["resample_momentum_every"] == 50  # seed settings not overridden stay
+    assert "-- --lr 3e-3" in row["command"]
