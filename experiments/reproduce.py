@@ -53,7 +53,7 @@ def stages(quick: bool, runs: Path, results: Path) -> list[Stage]:
     q = ("--quick",) if quick else ()
     mnist_data = ("DATA/mnist/*",)
     out = [Stage("toy", "experiments.toy", (*q, "--out", o)),
-           Stage("uci", "experiments.uci", (*q, "--out", o), ("DATA/uci/**/*",), ("uci.json", "uci.md"))]
+           Stage("uci", "experiments.uci", (*q, "--table", "--out", o), ("DATA/uci/**/*",), ("uci.json", "uci.md"))]
     for row in MNIST_ROWS:
         out.append(Stage(f"mnist_{row}", "experiments.mnist",
                          (row, *q, "--resume", "--runs-dir", f"{r}/mnist", "--results-dir", o),

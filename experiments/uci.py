@@ -3,6 +3,7 @@
     python -m experiments.uci                                   # everything -> results/uci.{json,md}
     python -m experiments.uci --protocol standard20 --datasets housing yacht --methods ensemble
     python -m experiments.uci --quick --out /tmp/uci            # 2 splits, a few epochs
+    python -m experiments.uci --table                           # the runs behind results/uci.json
 
 Protocols: ``standard20``, the 20 given train/test splits of the PBP / MC-dropout papers;
 ``seed10fold``, the seed's seeded permutation + 10-fold KFold (``fbnn.data.uci.seed_kfold_splits``;
@@ -29,6 +30,15 @@ from fbnn import regression as reg
 from fbnn.data.uci import PROTOCOLS, UCI_DATASETS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+ALL_METHODS = ("ensemble", "map", "laplace", "ensemble_laplace", "mc_dropout", "bbp", "sgld", "sghmc")
+
+# The runs that produced results/uci.json, as (protocol, methods, steps_scale); ``--table`` runs
+# them in turn. On the 20 standard splits the ensemble family trains at 4x its configured steps,
+# BBP and SGHMC at 0.6x; the seed's 10-fold protocol runs everything at 0.5x.
+TABLE_RUNS = (("standard20", ("ensemble", "map", "laplace", "ensemble_laplace"), 4.0),
+              ("standard20", ("mc_dropout", "sgld"), 1.0),
+              ("standard20", ("bbp", "sghmc"), 0.6),
+              ("seed10fold", ALL_METHODS, 0.5))
 
 # Published test log-likelihood / RMSE on the 20 standard splits (Gal & Ghahramani 2016 table;
 # Lakshminarayanan et al. 2017 for deep ensembles).
@@ -88,8 +98,9 @@ def markdown(results: dict) -> str:
              "ensemble's first member), prior precision by its marginal likelihood on the training rows, "
              "GLM predictive; `ensemble_laplace`: the same around each of the ensemble's 5 members, mixed "
              "with equal weights (a mixture of Laplace approximations, Eschenhagen et al. 2021). "
-             "Produced by `python -m experiments.uci` (settings: `fbnn/regression.py`, `_CONFIGS`); a cell "
-             "with steps_scale s below comes from `python -m experiments.uci --protocol <protocol> "
+             "Produced by `python -m experiments.uci --table` (settings: `fbnn/regression.py`, `_CONFIGS`; "
+             "the protocol / methods / steps-scale groups: `TABLE_RUNS` in `experiments/uci.py`); one "
+             "cell with steps_scale s below comes from `python -m experiments.uci --protocol <protocol> "
              "--datasets <dataset> --methods <method> --steps-scale s`.", ""]
     for protocol in PROTOCOLS:
         by_method = results.get(protocol, {})
@@ -132,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=UCI_DATASETS, default=list(UCI_DATASETS))
     p.add_argument("--methods", nargs="+", choices=reg.REGRESSION_METHODS,
-                   default=["ensemble", "map", "laplace", "ensemble_laplace", "mc_dropout", "bbp", "sgld", "sghmc"])
+                   default=list(ALL_METHODS))
     p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     p.add_argument("--quick", action="store_true", help="2 splits, one grid point, a few epochs")
     p.add_argument("--max-splits", type=int, default=None, help="run only the first splits")
@@ -141,8 +152,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply every method's training steps (a smaller CPU budget)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", action="store_true",
+                   help="run TABLE_RUNS, the protocol / methods / steps-scale groups behind results/uci.json "
+                        "(replaces --protocol, --methods and --steps-scale)")
     p.add_argument("--report-only", action="store_true", help="only rewrite <out>/uci.md from <out>/uci.json")
     return p
+
+
+def run_group(args, root: Path, out: Path, protocol: str, methods, steps_scale: float,
+              max_splits: int | None) -> None:
+    """Every method of ``methods`` on every dataset of ``args.datasets`` under ``protocol``;
+    each result is merged into ``out/uci.json`` as soon as it exists."""
+    json_path = out / "uci.json"
+    runs = reg.uci_method_runs(methods)
+    for dataset in args.datasets:
+        splits = load_splits(dataset, protocol, root)[:max_splits]
+        for run, with_laplace in runs:
+            t0 = time.perf_counter()
+            key = fr.fold_in(fr.key(args.seed), UCI_DATASETS.index(dataset))
+            tag = f"[{protocol} {dataset}]"
+            res = reg.score_splits(run, splits, key, quick=args.quick, laplace=with_laplace,
+                                   steps_scale=steps_scale,
+                                   progress=lambda msg, tag=tag: print(f"{tag} {msg}", flush=True))
+            wall = time.perf_counter() - t0
+            for method, per_split in res.items():
+                if method not in methods:
+                    continue
+                entry = {**reg.summarize(per_split["test_ll"], per_split["rmse"]),
+                         "test_ll_per_split": per_split["test_ll"], "rmse_per_split": per_split["rmse"],
+                         "choices": per_split.get("choice"), "wall_s_of_run": wall, "quick": args.quick,
+                         "steps_scale": steps_scale}
+                results = merge_results(json_path, protocol, method, dataset, entry)
+                print(f"[{protocol} {dataset}] {method}: test LL {entry['test_ll_mean']:.3f} ± "
+                      f"{entry['test_ll_se']:.3f}, RMSE {entry['rmse_mean']:.3f} ± {entry['rmse_se']:.3f} "
+                      f"({entry['n_splits']} splits, run {wall:.0f} s)", flush=True)
+                cli.write_text_atomic(out / "uci.md", markdown(results))
 
 
 def main(argv=None) -> int:
@@ -158,31 +202,9 @@ def main(argv=None) -> int:
         raise FileNotFoundError(f"UCI data folder {root / 'uci'} does not exist (see shared/data/README.md)")
     max_splits = args.max_splits if args.max_splits is not None else (2 if args.quick else None)
     out = Path(args.out)
-    json_path = out / "uci.json"
-    runs = reg.uci_method_runs(args.methods)
-    for protocol in args.protocol:
-        for dataset in args.datasets:
-            splits = load_splits(dataset, protocol, root)[:max_splits]
-            for run, with_laplace in runs:
-                t0 = time.perf_counter()
-                key = fr.fold_in(fr.key(args.seed), UCI_DATASETS.index(dataset))
-                tag = f"[{protocol} {dataset}]"
-                res = reg.score_splits(run, splits, key, quick=args.quick, laplace=with_laplace,
-                                       steps_scale=args.steps_scale,
-                                       progress=lambda msg, tag=tag: print(f"{tag} {msg}", flush=True))
-                wall = time.perf_counter() - t0
-                for method, per_split in res.items():
-                    if method not in args.methods:
-                        continue
-                    entry = {**reg.summarize(per_split["test_ll"], per_split["rmse"]),
-                             "test_ll_per_split": per_split["test_ll"], "rmse_per_split": per_split["rmse"],
-                             "choices": per_split.get("choice"), "wall_s_of_run": wall, "quick": args.quick,
-                             "steps_scale": args.steps_scale}
-                    results = merge_results(json_path, protocol, method, dataset, entry)
-                    print(f"[{protocol} {dataset}] {method}: test LL {entry['test_ll_mean']:.3f} ± "
-                          f"{entry['test_ll_se']:.3f}, RMSE {entry['rmse_mean']:.3f} ± {entry['rmse_se']:.3f} "
-                          f"({entry['n_splits']} splits, run {wall:.0f} s)", flush=True)
-                    cli.write_text_atomic(out / "uci.md", markdown(results))
+    groups = TABLE_RUNS if args.table else [(p, args.methods, args.steps_scale) for p in args.protocol]
+    for protocol, methods, steps_scale in groups:
+        run_group(args, root, out, protocol, methods, steps_scale, max_splits)
     return 0
 
 

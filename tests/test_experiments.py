@@ -75,3 +75,17 @@ def test_own_settings_override_the_seed_settings_and_are_recorded(tmp_path):
     assert row["config"]["lr"] == 3e-3 and row["config"]["resample_prior_every"] is None
     assert row["config"]["resample_momentum_every"] == 50  # seed settings not overridden stay
     assert "-- --lr 3e-3" in row["command"]
+
+
+def test_uci_table_runs_are_the_settings_behind_the_committed_table():
+    # `python -m experiments.uci --table` must rerun every committed cell with the budget it had.
+    from pathlib import Path
+    from experiments import uci
+    committed = json.loads((Path(uci.RESULTS) / "uci.json").read_text())
+    scale = {(p, m): s for p, methods, s in uci.TABLE_RUNS for m in methods}
+    assert len(scale) == sum(len(methods) for _, methods, _ in uci.TABLE_RUNS)  # no cell run twice
+    cells = {(p, m, d): e for p, by_m in committed.items() for m, by_d in by_m.items() for d, e in by_d.items()}
+    assert {(p, m) for p, m, _ in cells} == set(scale)
+    for (p, m, d), e in cells.items():
+        assert e.get("steps_scale", 1.0) == scale[p, m], (p, m, d)
+        assert not e["quick"]
