@@ -4,6 +4,7 @@
     python -m experiments.reproduce              # the full runs (many hours on 2 cores)
     python -m experiments.reproduce --list       # the stages and whether each would run
     python -m experiments.reproduce --stages toy uci --force
+    python -m experiments.reproduce --times      # the full mode's wall time per stage -> results/stage_times.md
 
 Each stage is one experiment script run in a subprocess (``python -m experiments.<script>``).
 The full mode writes ``results/*.md``, ``results/*.json`` and ``results/figures/*.png`` and keeps
@@ -74,7 +75,9 @@ def stages(quick: bool, runs: Path, results: Path) -> list[Stage]:
         out.append(Stage(f"pruning_{row}", "experiments.bbp_mnist",
                          ("prune", row, *prune_small, "--runs-dir", f"{r}/bbp_mnist", "--results-dir", o),
                          (*mnist_data, f"{r}/bbp_mnist/{row}/checkpoint.pt"), ("pruning.json", "pruning.md")))
-    out.append(Stage("uncertainty", "experiments.uncertainty", (*q, "--runs-dir", r, "--out", o),
+    # the full mode evaluates on the subsets behind results/uncertainty.md (CPU time)
+    sizes = () if quick else ("--n-samples", "30", "--subset", "500", "--ood-subset", "1000")
+    out.append(Stage("uncertainty", "experiments.uncertainty", (*q, *sizes, "--runs-dir", r, "--out", o),
                      ("DATA/mnist/*", "DATA/fashion_mnist/*", "DATA/kmnist/*", f"{r}/**/checkpoint.pt",
                       f"{r}/kfac_mnist/*.pt"), ("uncertainty.json", "uncertainty.md")))
     return out
@@ -134,12 +137,83 @@ def run_stage(stage: Stage, env: dict) -> float:
     return wall
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+KFAC_COMMAND = "python -m experiments.kfac_mnist --no-progress"  # the stage's rows, in mnist.json
+
+
+def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
+    """``(stage, seconds, source)`` for every full-mode stage: the wall time of a full-mode run
+    of the stage in ``reproduce.json`` when there is one, else what the stage's own outputs
+    recorded when they were made (rows of ``mnist.json``, runs of ``uci.json``, models of
+    ``uncertainty.json``), else an estimate from the BBP step benchmark, else ``None``."""
+    log, mnist = _json(results / "reproduce.json"), _json(results / "mnist.json")
+    uci, unc = _json(results / "uci.json"), _json(results / "uncertainty.json")
+    step = _json(results / "benchmarks" / "bbp_step.json").get("summary", {})
+    from experiments.bbp_mnist import CONFIGS as BBP
+    out = []
+    for stage in stages(False, Path("runs"), results):
+        name, entry = stage.name, log.get(stage.name, {})
+        if entry and not entry.get("quick"):
+            out.append((name, entry["wall_s"], f"a full-mode run of this stage, {entry['finished']}"))
+        elif name.startswith("mnist_") or (name in ("evidential", *BBP) and name in mnist):
+            row = name.removeprefix("mnist_")
+            r = mnist.get(row)
+            out.append((name, r and r["wall_s"], f"mnist.json row `{row}`: `{r['command']}`" if r else "not run"))
+        elif name == "kfac_laplace" and any(r["command"] == KFAC_COMMAND for r in mnist.values()):
+            rows = [r for r in mnist.values() if r["command"] == KFAC_COMMAND]
+            # one training and factor pass shared by its rows, then one evaluation per row
+            wall = max(r["extra"]["train_wall_s"] for r in rows) + sum(r["extra"]["eval_s"] for r in rows)
+            out.append((name, wall, f"mnist.json rows of `python -m experiments.kfac_mnist`: shared training "
+                                    f"+ {len(rows)} evaluations"))
+        elif name in BBP:
+            cfg, ms = BBP[name], step.get(name, {}).get("epoch_s_cpu")
+            out.append((name, ms and ms * cfg["epochs"],
+                        f"not run; estimate: {cfg['epochs']} epochs x {ms:.0f} s per epoch (benchmarks/"
+                        f"bbp_step.json, 1 thread, S of epoch 0)" if ms else "not run"))
+        elif name == "uci" and uci:
+            runs = {(p, d, e["wall_s_of_run"]) for p, by_m in uci.items() for by_d in by_m.values()
+                    for d, e in by_d.items()}
+            out.append((name, sum(w for _, _, w in runs), f"uci.json: {len(runs)} runs (protocol x dataset x "
+                                                           f"training run), summed"))
+        elif name == "uncertainty" and unc:
+            models = unc["models"]
+            out.append((name, sum(m["wall_s"]["total"] for m in models.values()),
+                        f"uncertainty.json: {len(models)} models, summed"))
+        else:
+            out.append((name, None, "not recorded" if not name.startswith("pruning_")
+                        else "not run (needs the BBP checkpoints)"))
+    return out
+
+
+def times_markdown(rows: list[tuple[str, float | None, str]]) -> str:
+    measured = [w for _, w, src in rows if w is not None and not src.startswith("not run")]
+    estimated = [w for _, w, src in rows if w is not None and src.startswith("not run")]
+    lines = ["# Wall time of each stage of `python -m experiments.reproduce` (full mode)", "",
+             "Seconds on the 2-core development machine, mostly 1 torch thread beside other jobs, so "
+             "the figures are upper bounds for an idle machine rather than speed measurements. Each row "
+             "says where its figure comes from; most stages were run on their own (the command in the "
+             "row), not through `reproduce`. Written by `python -m experiments.reproduce --times`.", "",
+             "| stage | wall (s) | hours | source |", "|---|---|---|---|"]
+    for name, wall, source in rows:
+        w = f"{wall:.0f} | {wall / 3600:.2f}" if wall is not None else "– | –"
+        lines.append(f"| {name} | {w} | {source} |")
+    lines += ["", f"Measured: {sum(measured):.0f} s ({sum(measured) / 3600:.1f} h) over {len(measured)} stages; "
+                  f"estimated for {len(estimated)} stages not run: {sum(estimated):.0f} s "
+                  f"({sum(estimated) / 3600:.1f} h); {len(rows) - len(measured) - len(estimated)} without a figure."]
+    return "\n".join(lines) + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny subsets and epochs, same code paths")
     p.add_argument("--stages", nargs="+", default=None, help="run only these stages (see --list)")
     p.add_argument("--force", action="store_true", help="run stages even when their inputs are unchanged")
     p.add_argument("--list", action="store_true", help="list the stages and whether each is current")
+    p.add_argument("--times", action="store_true",
+                   help="write <results>/stage_times.md: the full mode's recorded wall time per stage")
     p.add_argument("--runs-dir", default=None, help="checkpoints (default runs/, or runs/quick with --quick)")
     p.add_argument("--results-dir", default=None,
                    help="results (default results/, or runs/quick/results with --quick)")
@@ -161,6 +235,12 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     runs = _in_repo(args.runs_dir or str(ROOT / ("runs/quick" if args.quick else "runs")))
     results = _in_repo(args.results_dir or str(ROOT / runs / "results" if args.quick else ROOT / "results"))
+    if args.times:
+        from fbnn.cli import write_text_atomic
+        md = times_markdown(recorded_times(ROOT / results))
+        write_text_atomic(ROOT / results / "stage_times.md", md)
+        print(md, end="")
+        return 0
     env = dict(os.environ)
     if args.data_dir:
         env["FBNN_DATA"] = str(Path(args.data_dir).resolve())

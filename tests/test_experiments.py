@@ -89,3 +89,22 @@ def test_uci_table_runs_are_the_settings_behind_the_committed_table():
     for (p, m, d), e in cells.items():
         assert e.get("steps_scale", 1.0) == scale[p, m], (p, m, d)
         assert not e["quick"]
+
+
+def test_stage_times_come_from_a_full_run_then_the_stages_own_records(tmp_path):
+    from experiments import reproduce
+    (tmp_path / "reproduce.json").write_text(json.dumps({
+        "toy": {"wall_s": 42.0, "quick": False, "finished": "2026-12-01T00:00:00Z"},
+        "mnist_map": {"wall_s": 1.0, "quick": True, "finished": "2026-12-01T00:00:00Z"}}))
+    (tmp_path / "mnist.json").write_text(json.dumps({"map": _row("map", 1.5, -580.0)}))
+    cell = {"wall_s_of_run": 10.0}
+    (tmp_path / "uci.json").write_text(json.dumps({"standard20": {"map": {"wine": cell}, "ensemble": {"wine": cell},
+                                                                  "sgld": {"wine": {"wall_s_of_run": 5.0}}}}))
+    times = {name: (wall, src) for name, wall, src in reproduce.recorded_times(tmp_path)}
+    assert times["toy"] == (42.0, "a full-mode run of this stage, 2026-12-01T00:00:00Z")
+    assert times["mnist_map"][0] == 12.0 and "python -m experiments.mnist map" in times["mnist_map"][1]  # quick run ignored
+    assert times["uci"][0] == 15.0  # map and ensemble came from one shared run
+    assert times["mnist_sgld"] == (None, "not run") and times["uncertainty"][0] is None
+    assert times["bbp_lrt"] == (None, "not run")  # no benchmark figures to estimate from
+    md = reproduce.times_markdown(list(reproduce.recorded_times(tmp_path)))
+    assert "| toy | 42 | 0.01 |" in md and "Measured: 69 s" in md
