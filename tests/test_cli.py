@@ -51,6 +51,7 @@ def test_mnist_classification_smoke(tmp_path):
     ["train", "--method", "map", "--dataset", "cifar11", "--out", "x"],
     ["train", "--method", "map", "--dataset", "mnist", "--lr", "-0.1", "--out", "x"],
     ["train", "--method", "map", "--dataset", "mnist", "--hidden", "12,a", "--out", "x"],
+    ["train", "--method", "sghmc_sa", "--dataset", "mnist", "--resample-prior-every", "-3", "--out", "x"],
 ])
 def test_bad_arguments_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -134,3 +135,11 @@ def test_sghmc_sa_adaptation_order_reaches_the_sampler(tmp_path):
     assert m_seed["config"]["adaptation"] == "seed" and m_pybnn["config"]["adaptation"] == "pybnn"
     assert m_seed["test_loglik"] != m_pybnn["test_loglik"]
     assert "adaptation" not in json.loads((_train(tmp_path, name="map")[1] / "metrics.json").read_text())["config"]
+
+
+def test_a_period_of_zero_means_never():
+    ns = cli.parser().parse_args(["train", "--method", "sghmc_sa", "--dataset", "mnist", "--out", "x",
+                                  "--resample-prior-every", "0", "--resample-momentum-every", "0"])
+    assert ns.resample_prior_every is None and ns.resample_momentum_every is None
+    ns = cli.parser().parse_args(["train", "--method", "sghmc_sa", "--dataset", "mnist", "--out", "x"])
+    assert (ns.resample_prior_every, ns.resample_momentum_every) == (15, 50)
