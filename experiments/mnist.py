@@ -141,7 +141,9 @@ def record(row: str, metrics: dict, command: str, results_dir: Path = RESULTS,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="after --: `fbnn train` arguments that replace the seed's settings "
+                                       "(need --row-name)")
     p.add_argument("row", choices=sorted(ROWS))
     p.add_argument("--runs-dir", default="runs/mnist", help="checkpoints go to RUNS_DIR/<row>")
     p.add_argument("--resume", action="store_true")
@@ -154,7 +156,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quick", action="store_true", help="2 epochs on 1,000 images (same code paths; minutes)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where mnist.json / mnist.md are written")
-    p.epilog = "after --: `fbnn train` arguments that replace the seed's settings (need --row-name)"
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = p.parse_args(ours)

@@ -137,10 +137,6 @@ def run_stage(stage: Stage, env: dict) -> float:
     return wall
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 KFAC_COMMAND = "python -m experiments.kfac_mnist --no-progress"  # the stage's rows, in mnist.json
 
 
@@ -149,10 +145,11 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
     of the stage in ``reproduce.json`` when there is one, else what the stage's own outputs
     recorded when they were made (rows of ``mnist.json``, runs of ``uci.json``, models of
     ``uncertainty.json``), else an estimate from the BBP step benchmark, else ``None``."""
-    log, mnist = _json(results / "reproduce.json"), _json(results / "mnist.json")
-    uci, unc = _json(results / "uci.json"), _json(results / "uncertainty.json")
-    step = _json(results / "benchmarks" / "bbp_step.json").get("summary", {})
     from experiments.bbp_mnist import CONFIGS as BBP
+    from experiments.mnist import load_results
+    log, mnist = load_log(results / "reproduce.json"), load_results(results / "mnist.json")
+    uci, unc = load_results(results / "uci.json"), load_results(results / "uncertainty.json")
+    step = load_results(results / "benchmarks" / "bbp_step.json").get("summary", {})
     out = []
     for stage in stages(False, Path("runs"), results):
         name, entry = stage.name, log.get(stage.name, {})

@@ -30,7 +30,6 @@ from fbnn import regression as reg
 from fbnn.data.uci import PROTOCOLS, UCI_DATASETS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-ALL_METHODS = ("ensemble", "map", "laplace", "ensemble_laplace", "mc_dropout", "bbp", "sgld", "sghmc")
 
 # The runs that produced results/uci.json, as (protocol, methods, steps_scale); ``--table`` runs
 # them in turn. On the 20 standard splits the ensemble family trains at 4x its configured steps,
@@ -38,7 +37,7 @@ ALL_METHODS = ("ensemble", "map", "laplace", "ensemble_laplace", "mc_dropout", "
 TABLE_RUNS = (("standard20", ("ensemble", "map", "laplace", "ensemble_laplace"), 4.0),
               ("standard20", ("mc_dropout", "sgld"), 1.0),
               ("standard20", ("bbp", "sghmc"), 0.6),
-              ("seed10fold", ALL_METHODS, 0.5))
+              ("seed10fold", reg.REGRESSION_METHODS, 0.5))
 
 # Published test log-likelihood / RMSE on the 20 standard splits (Gal & Ghahramani 2016 table;
 # Lakshminarayanan et al. 2017 for deep ensembles).
@@ -143,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=UCI_DATASETS, default=list(UCI_DATASETS))
     p.add_argument("--methods", nargs="+", choices=reg.REGRESSION_METHODS,
-                   default=list(ALL_METHODS))
+                   default=list(reg.REGRESSION_METHODS))
     p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     p.add_argument("--quick", action="store_true", help="2 splits, one grid point, a few epochs")
     p.add_argument("--max-splits", type=int, default=None, help="run only the first splits")
