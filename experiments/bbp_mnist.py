@@ -159,7 +159,20 @@ def selected_state(cfg, ckpt_dir: Path, state):
     return state, None
 
 
+def row_name(args) -> str:
+    """The results row of a training run. A run shorter or longer than the seed's config (on the
+    full training set) is not the seed's row: it needs ``--row-name`` (or ``--no-record``)."""
+    if args.row_name:
+        return args.row_name
+    seed_epochs = CONFIGS[args.row]["epochs"]
+    if args.epochs not in (None, seed_epochs) and not args.subset and not args.no_record:
+        raise ValueError(f"--epochs {args.epochs} is not the seed's {seed_epochs} for {args.row}: record it "
+                         f"under a name of its own (--row-name, e.g. {args.row}_{args.epochs}ep) or pass --no-record")
+    return args.row if args.seed == 0 else f"{args.row}_seed{args.seed}"
+
+
 def cmd_train(args) -> dict:
+    name = row_name(args)
     cfg = config(args.row, epochs=args.epochs, select=args.select, eval_samples=args.eval_samples)
     cfg.update({"seed": args.seed, "subset": args.subset, "method": None})
     x, y, xt, yt = _data(args)
@@ -190,8 +203,8 @@ def cmd_train(args) -> dict:
     cli.write_json_atomic(out_dir / "metrics.json", out)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=2))
     if not args.no_record:
-        name = args.row if args.seed == 0 else f"{args.row}_seed{args.seed}"
-        mnist.record(name, out, args.command_line, args.results_dir)
+        own = ["--epochs", str(cfg["epochs"])] if cfg["epochs"] != CONFIGS[args.row]["epochs"] else None
+        mnist.record(name, out, args.command_line, args.results_dir, own_settings=own)
     return out
 
 
@@ -296,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--select", choices=("last", "best_on_test"), default=None,
                            help="reported state (default: the config's; bbp_gmm: best_on_test, a test-set leak)")
             s.add_argument("--resume", action="store_true")
+            s.add_argument("--row-name", default=None,
+                           help="record under this row name (needed when --epochs is not the seed's)")
             s.add_argument("--no-progress", action="store_true")
         else:
             s.add_argument("--criteria", nargs="+", default=["snr", "kl"], choices=("snr", "kl", "kl_closed"))

@@ -146,6 +146,7 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
     recorded when they were made (rows of ``mnist.json``, runs of ``uci.json``, models of
     ``uncertainty.json``), else an estimate from the BBP step benchmark, else ``None``."""
     from experiments.bbp_mnist import CONFIGS as BBP
+    from experiments.benchmarks.bbp_step import epoch_schedule_s
     from experiments.mnist import load_results
     log, mnist = load_log(results / "reproduce.json"), load_results(results / "mnist.json")
     uci, unc = load_results(results / "uci.json"), load_results(results / "uncertainty.json")
@@ -166,10 +167,9 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
             out.append((name, wall, f"mnist.json rows of `python -m experiments.kfac_mnist`: shared training "
                                     f"+ {len(rows)} evaluations"))
         elif name in BBP:
-            cfg, ms = BBP[name], step.get(name, {}).get("epoch_s_cpu")
-            out.append((name, ms and ms * cfg["epochs"],
-                        f"not run; estimate: {cfg['epochs']} epochs x {ms:.0f} s per epoch (benchmarks/"
-                        f"bbp_step.json, 1 thread, S of epoch 0)" if ms else "not run"))
+            est = epoch_schedule_s(name, step)
+            out.append((name, est and est[0], f"not run; estimate: {est[1]} per epoch (benchmarks/bbp_step.json, "
+                                              f"1 thread, CPU time)" if est else "not run"))
         elif name == "uci" and uci:
             runs = {(p, d, e["wall_s_of_run"]) for p, by_m in uci.items() for by_d in by_m.values()
                     for d, e in by_d.items()}

@@ -62,6 +62,7 @@ class Loaded(NamedTuple):
     source: str
     weight_draws: int       # distinct draws whose weights go into the histogram
     note: str
+    shortened: str = ""     # e.g. "30/160 ep": trained for fewer epochs than the seed's config
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -193,7 +194,11 @@ def load_bbp(name: str, path: Path, n_samples: int, key) -> Loaded:
     note = f"{n_samples} draws from q"
     if best_epoch is not None:
         note += f" (state of epoch {best_epoch}, best on test)"
-    return Loaded(U.Posterior(method.model, samples), str(path), min(WEIGHT_DRAWS, n_samples), note)
+    seed_epochs = bbp_mnist.CONFIGS[name]["epochs"]
+    short = f"{cfg['epochs']}/{seed_epochs} ep" if cfg["epochs"] < seed_epochs else ""
+    if short:
+        note += f"; trained {cfg['epochs']} of the seed's {seed_epochs} epochs"
+    return Loaded(U.Posterior(method.model, samples), str(path), min(WEIGHT_DRAWS, n_samples), note, short)
 
 
 def load_model(name: str, runs_dir: Path, n_samples: int, key) -> Loaded:
@@ -290,13 +295,20 @@ def evaluate_model(loaded: Loaded, inputs: Inputs, angles, epsilons, space: str)
     acceptance = {"rotation_epistemic": rises(rotation["epistemic_mean"]),
                   "fgsm_epistemic": rises(fgsm["epistemic_mean"]),
                   "max_abs_mean_epistemic": float(epistemic_all.max())}
-    return {"n_samples": s, "source": loaded.source, "note": loaded.note, "dirichlet": post.dirichlet,
+    return {"n_samples": s, "source": loaded.source, "note": loaded.note, "shortened": loaded.shortened,
+            "dirichlet": post.dirichlet,
             "clean": clean, "rotation": rotation, "fgsm": fgsm, "ood": ood_res, "ccdf": ccdf,
             "weights": weights, "acceptance": acceptance,
             "wall_s": {"fgsm_gradient": t_grad, "predictive": t_predict, "total": time.perf_counter() - t0}}
 
 
 # --- report --------------------------------------------------------------------------------
+
+def label(name: str, m: dict) -> str:
+    """A model's name in tables and legends, with ``(30/160 ep)`` when it was trained for fewer
+    epochs than the seed's config."""
+    return f"{name} ({m['shortened']})" if m.get("shortened") else name
+
 
 def _fmt(v, f="{:.3f}"):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
@@ -312,7 +324,7 @@ def _sweep_table(ms: dict, names, sweep: str, title: str, peak_name: str, labels
         r, acc = ms[n][sweep], ms[n]["acceptance"][f"{sweep}_epistemic"]
         cells = " | ".join(f"{r['error'][i]:.2f} / {r['total_mean'][i]:.2f} / {r['epistemic_mean'][i]:.3f}"
                            for i in show)
-        lines.append(f"| {n} | {cells} | {acc['peak']:.3f} ({labels[acc['peak_index']]}) |")
+        lines.append(f"| {label(n, ms[n])} | {cells} | {acc['peak']:.3f} ({labels[acc['peak_index']]}) |")
     return lines
 
 
@@ -337,7 +349,7 @@ def markdown(res: dict) -> str:
              "|---|---|---|---|---|---|"]
     for n in names:
         o = ms[n]["ood"]
-        lines.append(f"| {n} | {ms[n]['n_samples']} | {_fmt(o['kmnist']['auroc_total'])} | "
+        lines.append(f"| {label(n, ms[n])} | {ms[n]['n_samples']} | {_fmt(o['kmnist']['auroc_total'])} | "
                      f"{_fmt(o['kmnist']['auroc_epistemic'])} | {_fmt(o['fashion-mnist']['auroc_total'])} | "
                      f"{_fmt(o['fashion-mnist']['auroc_epistemic'])} |")
     lines += ["", "A constant score (one net's epistemic entropy, identically 0) gives AUROC 0.5.", "",
@@ -346,8 +358,8 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for n in names:
         c = ms[n]["clean"]
-        lines.append(f"| {n} | {c['error_pct']:.2f} | {c['nll_mean']:.4f} | {c['ece']:.4f} | {c['brier']:.4f} | "
-                     f"{c['mean_total']:.4f} | {c['mean_epistemic']:.4f} |")
+        lines.append(f"| {label(n, ms[n])} | {c['error_pct']:.2f} | {c['nll_mean']:.4f} | {c['ece']:.4f} | "
+                     f"{c['brier']:.4f} | {c['mean_total']:.4f} | {c['mean_epistemic']:.4f} |")
     lines += _sweep_table(ms, names, "rotation", "## Rotations: mean over images (error rate / mean total H / "
                           "mean epistemic H)", "angle", [f"{a}°" for a in angles],
                           [i for i, a in enumerate(angles) if a in (0, 23, 47, 71, 95, 131, 179)])
@@ -363,7 +375,7 @@ def markdown(res: dict) -> str:
     for n in names:
         a = ms[n]["acceptance"]
         r, f = a["rotation_epistemic"], a["fgsm_epistemic"]
-        lines.append(f"| {n} | {r['start']:.4f} → {r['peak']:.4f} | {'yes' if r['rises'] else 'no'} | "
+        lines.append(f"| {label(n, ms[n])} | {r['start']:.4f} → {r['peak']:.4f} | {'yes' if r['rises'] else 'no'} | "
                      f"{f['start']:.4f} → {f['peak']:.4f} | {'yes' if f['rises'] else 'no'} | "
                      f"{a['max_abs_mean_epistemic']:.3g} |")
     both = [n for n in names if n != "map" and ms[n]["acceptance"]["rotation_epistemic"]["rises"]
@@ -380,7 +392,7 @@ def markdown(res: dict) -> str:
               "| model | S | draws | weight std | checkpoint | wall (s) |", "|---|---|---|---|---|---|"]
     for n in names:
         m = ms[n]
-        lines.append(f"| {n} | {m['n_samples']} | {m['note']} | {m['weights']['std']:.4f} | `{m['source']}` | "
+        lines.append(f"| {label(n, m)} | {m['n_samples']} | {m['note']} | {m['weights']['std']:.4f} | `{m['source']}` | "
                      f"{m['wall_s']['total']:.0f} |")
     commands = sorted({ms[n].get("command", st["command"]) for n in names})
     if len(commands) > 1:
@@ -393,11 +405,12 @@ def markdown(res: dict) -> str:
 
 
 def write_figures(res: dict, fig_dir: Path) -> None:
-    ms = {n: res["models"][n] for n in MODELS if n in res["models"]}
+    by_name = {n: res["models"][n] for n in MODELS if n in res["models"]}
     sub = f" (first {res['settings']['subset']:,} test images)"
-    for n, m in ms.items():
-        plotting.rotation_figure(n, m["rotation"], fig_dir / f"rotation_{n}.png",
+    for n, m in by_name.items():
+        plotting.rotation_figure(label(n, m), m["rotation"], fig_dir / f"rotation_{n}.png",
                                  f"{sub}, S = {m['n_samples']}")
+    ms = {label(n, m): m for n, m in by_name.items()}  # legends name shortened runs as such
     plotting.rotation_comparison_figure({n: m["rotation"] for n, m in ms.items()}, fig_dir / "rotation_all.png", sub)
     for ood in OOD_SETS:
         plotting.ood_ecdf_figure({n: {**m["ccdf"], **m["ood"][ood]} for n, m in ms.items()}, ood,

@@ -108,3 +108,22 @@ def test_stage_times_come_from_a_full_run_then_the_stages_own_records(tmp_path):
     assert times["bbp_lrt"] == (None, "not run")  # no benchmark figures to estimate from
     md = reproduce.times_markdown(list(reproduce.recorded_times(tmp_path)))
     assert "| toy | 42 | 0.01 |" in md and "Measured: 69 s" in md
+
+
+def test_bbp_stage_estimate_times_each_epoch_at_its_own_sample_count(tmp_path):
+    from experiments import reproduce
+    from experiments.benchmarks import bbp_step
+    assert bbp_step.timed_samples("bbp_lrt") == [("bbp_lrt", 1), ("bbp_lrt S=3", 3)]
+    assert bbp_step.timed_samples("bbp_gaussian") == [("bbp_gaussian", 3)]
+    summary = {"bbp_lrt": {"epoch_s_cpu": 60.0}, "bbp_lrt S=3": {"epoch_s_cpu": 150.0},
+               "bbp_gaussian": {"epoch_s_cpu": 100.0}}
+    # bbp_lrt: S = 1 for epochs 0..60 (61 epochs), S = 3 for the other 79 of 140
+    assert bbp_step.epoch_schedule_s("bbp_lrt", summary) == (61 * 60.0 + 79 * 150.0,
+                                                             "61 epochs x 60 s (S=1) + 79 epochs x 150 s (S=3)")
+    assert bbp_step.epoch_schedule_s("bbp_lrt", summary, epochs=30) == (1800.0, "30 epochs x 60 s (S=1)")
+    assert bbp_step.epoch_schedule_s("bbp_gmm", summary) is None  # S = 3 and 5 not timed
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bbp_step.json").write_text(json.dumps({"summary": summary}))
+    times = {name: (wall, src) for name, wall, src in reproduce.recorded_times(tmp_path)}
+    assert times["bbp_lrt"][0] == 61 * 60.0 + 79 * 150.0 and times["bbp_lrt"][1].startswith("not run; estimate")
+    assert times["bbp_gaussian"][0] == 160 * 100.0 and times["bbp_gmm"] == (None, "not run")

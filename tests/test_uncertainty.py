@@ -214,3 +214,17 @@ def test_missing_data_directory_is_named(tmp_path, capsys):
     assert uncertainty.main(["--quick", "--models", "map", "--data-dir", str(missing),
                              "--out", str(tmp_path / "out")]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_a_shortened_bbp_run_is_labelled_as_such(tmp_path):
+    from experiments import bbp_mnist, uncertainty
+    runs = tmp_path / "runs"
+    assert bbp_mnist.main(["train", "bbp_gaussian", "--epochs", "1", "--subset", "200", "--test-subset", "100",
+                           "--eval-samples", "2", "--no-record", "--no-progress",
+                           "--runs-dir", str(runs / "bbp_mnist")]) == 0
+    out = tmp_path / "results"
+    assert uncertainty.main(["--quick", "--models", "bbp_gaussian", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    m = json.loads((out / "uncertainty.json").read_text())["models"]["bbp_gaussian"]
+    assert m["shortened"] == "1/160 ep" and "trained 1 of the seed's 160 epochs" in m["note"]
+    md = (out / "uncertainty.md").read_text()
+    assert "| bbp_gaussian (1/160 ep) |" in md and "| bbp_gaussian |" not in md

@@ -541,6 +541,19 @@ def test_bbp_mnist_configs_follow_spec8():
         bbp_mnist.config("bbp_dropout")
 
 
+def test_a_bbp_run_of_other_epochs_needs_a_row_name_of_its_own(tmp_path, capsys):
+    from experiments import bbp_mnist
+    argv = ["train", "bbp_lrt", "--epochs", "30", "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "r")]
+    assert bbp_mnist.main(argv) == 2
+    assert "--epochs 30 is not the seed's 140 for bbp_lrt" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "mnist.json").exists()
+    args = bbp_mnist.parser().parse_args([*argv, "--row-name", "bbp_lrt_30ep"])
+    assert bbp_mnist.row_name(args) == "bbp_lrt_30ep"
+    for ok in (["--no-record"], ["--subset", "100"], []):  # a smoke run or no record; the seed's epochs
+        args = bbp_mnist.parser().parse_args(["train", "bbp_lrt", *ok, *([] if not ok else ["--epochs", "30"])])
+        assert bbp_mnist.row_name(args) == "bbp_lrt"
+
+
 def test_best_on_test_keeps_the_lowest_error_state(toy_classification, tmp_path):
     from experiments import bbp_mnist
     m, st, x, y = _trained_small(toy_classification)

@@ -10,7 +10,9 @@ Every repeat steps each method once, in turn, from the same state on the same mi
 (synthetic data: timing does not depend on the pixels); the script prints the median
 time per step (CPU time of this process, which a busy machine inflates less than wall
 time; both are kept in the JSON), its ratio to MAP's median and the implied epoch time
-(600 steps).
+(600 steps). A row whose S changes during training (``bbp_gmm`` 3 -> 5, ``bbp_lrt`` 1 -> 3)
+is also timed at its later S, as ``<row> S=<S>``; ``epoch_schedule_s`` turns a row's
+schedule into the epoch times ``experiments.reproduce --times`` sums.
 """
 from __future__ import annotations
 
@@ -29,14 +31,46 @@ from .. import bbp_mnist
 STEPS_PER_EPOCH = 600
 
 
+def schedule(row: str) -> dict[int, int]:
+    """``{first_epoch: S}`` of a row's config (an int S is ``{0: S}``)."""
+    n = bbp_mnist.CONFIGS[row]["n_samples"]
+    return {int(k): int(v) for k, v in n.items()} if isinstance(n, dict) else {0: int(n)}
+
+
+def timed_samples(row: str) -> list[tuple[str, int]]:
+    """``(name, S)`` timed for a row: ``row`` at the S of epoch 0, ``row S=<S>`` at each later S."""
+    sched = schedule(row)
+    return [(row, sched[0])] + [(f"{row} S={s}", s) for e, s in sorted(sched.items()) if e > 0]
+
+
+def epoch_schedule_s(row: str, summary: dict, epochs: int | None = None) -> tuple[float, str] | None:
+    """Estimated CPU seconds of a row's training, ``(seconds, how)``: each epoch at the
+    per-step time of its S (``summary`` as this script's JSON); ``None`` when a needed S was
+    not timed."""
+    epochs = bbp_mnist.CONFIGS[row]["epochs"] if epochs is None else epochs
+    sched, names = schedule(row), dict((s, n) for n, s in timed_samples(row))
+    starts = sorted(e for e in sched if e < epochs)
+    total, parts = 0.0, []
+    for i, e in enumerate(starts):
+        n_ep = (starts[i + 1] if i + 1 < len(starts) else epochs) - e
+        entry = summary.get(names[sched[e]], {})
+        if "epoch_s_cpu" not in entry:
+            return None
+        total += n_ep * entry["epoch_s_cpu"]
+        parts.append(f"{n_ep} epochs x {entry['epoch_s_cpu']:.0f} s (S={sched[e]})")
+    return total, " + ".join(parts)
+
+
 def make_steps(rows, batch_size: int = 100):
     """``{name: (step_fn, state)}`` for the BBP rows and MAP, and the minibatch."""
     x = fr.normal(fr.key(1), (batch_size, bbp_mnist.ARCH[0]))
     y = fr.randint(fr.key(2), bbp_mnist.ARCH[-1], (batch_size,))
     out = {}
     for row in rows:
-        model, method, _ = bbp_mnist.build(bbp_mnist.config(row), STEPS_PER_EPOCH * batch_size)
-        out[row] = (method.step, method.init(fr.key(0), model.init(fr.key(0))))
+        for name, s in timed_samples(row):
+            cfg = bbp_mnist.config(row, n_samples=s)
+            model, method, _ = bbp_mnist.build(cfg, STEPS_PER_EPOCH * batch_size)
+            out[name] = (method.step, method.init(fr.key(0), model.init(fr.key(0))))
     model = models.mlp(bbp_mnist.ARCH)
     mp = map_estimate(model, likelihoods.categorical(), optim.sgd(1e-3))
     out["map"] = (mp.step, mp.init(fr.key(0), model.init(fr.key(0))))
