@@ -168,8 +168,8 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
                                     f"+ {len(rows)} evaluations"))
         elif name in BBP:
             est = epoch_schedule_s(name, step)
-            out.append((name, est and est[0], f"not run; estimate: {est[1]} per epoch (benchmarks/bbp_step.json, "
-                                              f"1 thread, CPU time)" if est else "not run"))
+            out.append((name, est and est[0], f"not run; estimate: {est[1]} (CPU time per epoch from "
+                                              f"benchmarks/bbp_step.json, 1 thread)" if est else "not run"))
         elif name == "uci" and uci:
             runs = {(p, d, e["wall_s_of_run"]) for p, by_m in uci.items() for by_d in by_m.values()
                     for d, e in by_d.items()}
