@@ -392,8 +392,8 @@ def markdown(res: dict) -> str:
               "| model | S | draws | weight std | checkpoint | wall (s) |", "|---|---|---|---|---|---|"]
     for n in names:
         m = ms[n]
-        lines.append(f"| {label(n, m)} | {m['n_samples']} | {m['note']} | {m['weights']['std']:.4f} | `{m['source']}` | "
-                     f"{m['wall_s']['total']:.0f} |")
+        lines.append(f"| {label(n, m)} | {m['n_samples']} | {m['note']} | {m['weights']['std']:.4f} | "
+                     f"`{m['source']}` | {m['wall_s']['total']:.0f} |")
     commands = sorted({ms[n].get("command", st["command"]) for n in names})
     if len(commands) > 1:
         lines += ["", "Commands (see each model's `command` in uncertainty.json):", *[f"- `{c}`" for c in commands]]
