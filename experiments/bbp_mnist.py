@@ -221,11 +221,15 @@ def pruning_markdown(results: dict) -> str:
              "|---|---|" + "---|" * len(pruning.SEED_FRACTIONS) + "---|---|"]
     for key in sorted(results):
         r = results[key]
+        seed_epochs = CONFIGS.get(r["row"], {}).get("epochs")
+        trained = r.get("epochs_trained")
+        label = f"{r['row']} ({trained}/{seed_epochs} ep)" if seed_epochs and trained and trained < seed_epochs \
+            else r["row"]
         errs = {round(p["fraction"], 6): p for p in r["rows"]}
         cells = " | ".join(f"{errs[round(f, 6)]['error_pct']:.2f}" if round(f, 6) in errs else "–"
                            for f in pruning.SEED_FRACTIONS)
         kept = " / ".join(str(errs[f]["n_kept"]) if f in errs else "–" for f in (0.99, 0.995))
-        lines.append(f"| {r['row']} | {r['criterion']} | {cells} | {kept} | `{r['command']}` |")
+        lines.append(f"| {label} | {r['criterion']} | {cells} | {kept} | `{r['command']}` |")
         seed = SEED_PRUNING.get((r["row"], r["criterion"]))
         if seed:
             lines.append(f"| {r['row']} (seed) | {r['criterion']} | "
@@ -270,6 +274,7 @@ def cmd_prune(args) -> dict:
     prior = make_prior(cfg["prior"])
     out, failed = {}, []
     for criterion in args.criteria:  # each criterion recorded as soon as it is done
+        t0 = time.perf_counter()
         try:
             rows = prune_run(method, state, prior, xt, yt, fr.key(args.seed + 1), [criterion], fractions,
                              args.eval_samples or cfg["eval_samples"], rule=args.rule)[criterion]
@@ -278,7 +283,8 @@ def cmd_prune(args) -> dict:
             failed.append(criterion)
             continue
         entry = {"row": args.row, "criterion": criterion, "rule": args.rule, "rows": rows,
-                 "epochs_trained": ckpt["epoch"], "command": args.command_line, "commit": cli.git_commit()}
+                 "epochs_trained": ckpt["epoch"], "wall_s": time.perf_counter() - t0,
+                 "command": args.command_line, "commit": cli.git_commit()}
         print(json.dumps(entry, indent=2))
         if not args.no_record:
             record_pruning(f"{args.row}/{criterion}", entry, Path(args.results_dir))

@@ -127,3 +127,17 @@ def test_bbp_stage_estimate_times_each_epoch_at_its_own_sample_count(tmp_path):
     times = {name: (wall, src) for name, wall, src in reproduce.recorded_times(tmp_path)}
     assert times["bbp_lrt"][0] == 61 * 60.0 + 79 * 150.0 and times["bbp_lrt"][1].startswith("not run; estimate")
     assert times["bbp_gaussian"][0] == 160 * 100.0 and times["bbp_gmm"] == (None, "not run")
+
+
+def test_pruning_stage_time_and_label_come_from_pruning_json(tmp_path):
+    from experiments import bbp_mnist, reproduce
+    rows = [{"fraction": 0.0, "error_pct": 3.0, "n_kept": 10}]
+    for criterion, wall in (("snr", 100.0), ("kl", 150.0)):
+        bbp_mnist.record_pruning(f"bbp_gaussian/{criterion}", {
+            "row": "bbp_gaussian", "criterion": criterion, "rule": "percentile", "rows": rows,
+            "epochs_trained": 30, "wall_s": wall, "command": "c", "commit": "x"}, tmp_path)
+    times = {name: (wall, src) for name, wall, src in reproduce.recorded_times(tmp_path)}
+    assert times["pruning_bbp_gaussian"][0] == 250.0 and "30 epochs" in times["pruning_bbp_gaussian"][1]
+    assert times["pruning_bbp_laplace"] == (None, "not run (needs the BBP checkpoints)")
+    md = (tmp_path / "pruning.md").read_text()
+    assert "| bbp_gaussian (30/160 ep) | snr |" in md and "| bbp_gaussian (seed) | snr |" in md
