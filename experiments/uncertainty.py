@@ -388,7 +388,8 @@ def markdown(res: dict) -> str:
         lines.append(f"MAP's epistemic entropy {'is exactly 0 at every angle and step size' if zero else 'is not 0'} "
                      "(one net: total = aleatoric).")
     lines += ["", "## Models", "",
-              "Wall times: one process, 1 thread at nice 19 on 2 cores shared with training runs.", "",
+              ("Wall times: each model evaluated by its own command (1 or 2 threads), on 2 cores shared with "
+               "training runs."), "",
               "| model | S | draws | weight std | checkpoint | wall (s) |", "|---|---|---|---|---|---|"]
     for n in names:
         m = ms[n]
