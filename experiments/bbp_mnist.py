@@ -159,6 +159,12 @@ def selected_state(cfg, ckpt_dir: Path, state):
     return state, None
 
 
+def shortened(row: str, epochs: int | None) -> str:
+    """``"30/160 ep"`` for a run of ``row`` trained for fewer epochs than the seed's config, else ``""``."""
+    seed_epochs = CONFIGS.get(row, {}).get("epochs")
+    return f"{epochs}/{seed_epochs} ep" if seed_epochs and epochs and epochs < seed_epochs else ""
+
+
 def row_name(args) -> str:
     """The results row of a training run. A run shorter or longer than the seed's config (on the
     full training set) is not the seed's row: it needs ``--row-name`` (or ``--no-record``)."""
@@ -221,10 +227,8 @@ def pruning_markdown(results: dict) -> str:
              "|---|---|" + "---|" * len(pruning.SEED_FRACTIONS) + "---|---|"]
     for key in sorted(results):
         r = results[key]
-        seed_epochs = CONFIGS.get(r["row"], {}).get("epochs")
-        trained = r.get("epochs_trained")
-        label = f"{r['row']} ({trained}/{seed_epochs} ep)" if seed_epochs and trained and trained < seed_epochs \
-            else r["row"]
+        short = shortened(r["row"], r.get("epochs_trained"))
+        label = f"{r['row']} ({short})" if short else r["row"]
         errs = {round(p["fraction"], 6): p for p in r["rows"]}
         cells = " | ".join(f"{errs[round(f, 6)]['error_pct']:.2f}" if round(f, 6) in errs else "–"
                            for f in pruning.SEED_FRACTIONS)

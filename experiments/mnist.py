@@ -83,8 +83,8 @@ def markdown_table(results: dict) -> str:
              "wall (s) | command | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, r in sorted(results.items()):
-        seed_row = row.split("_seed")[0] if row.split("_seed")[0] in SEED else (r.get("config") or {}).get("row")
-        seed_ll, seed_err = SEED.get(seed_row, SEED.get(r["method"], (None, None)))
+        seed_ll, seed_err = (SEED.get(row.split("_seed")[0]) or SEED.get((r.get("config") or {}).get("row"))
+                             or SEED.get(r["method"], (None, None)))
         fmt = (lambda v, f: f.format(v) if v is not None else "–")
         lines.append(f"| {row} | {r['method']} | {r['error_pct']:.2f} | {r['test_loglik_sum']:.2f} | "
                      f"{fmt(seed_err, '{:.2f}')} | {fmt(seed_ll, '{:.2f}')} | {r['n_samples']} | "

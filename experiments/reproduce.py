@@ -150,7 +150,10 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
     from experiments.mnist import load_results
     log, mnist = load_log(results / "reproduce.json"), load_results(results / "mnist.json")
     uci, unc = load_results(results / "uci.json"), load_results(results / "uncertainty.json")
-    pruning = load_results(results / "pruning.json")
+    pruned: dict[str, list] = {}  # row -> its timed pruning.json entries (one per criterion)
+    for e in load_results(results / "pruning.json").values():
+        if "wall_s" in e:
+            pruned.setdefault(e["row"], []).append(e)
     step = load_results(results / "benchmarks" / "bbp_step.json").get("summary", {})
     out = []
     for stage in stages(False, Path("runs"), results):
@@ -176,10 +179,9 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
                     for d, e in by_d.items()}
             out.append((name, sum(w for _, _, w in runs), f"uci.json: {len(runs)} runs (protocol x dataset x "
                                                            f"training run), summed"))
-        elif name.startswith("pruning_") and any(e.get("row") == name.removeprefix("pruning_") and "wall_s" in e
-                                                 for e in pruning.values()):
+        elif name.startswith("pruning_") and name.removeprefix("pruning_") in pruned:
             row = name.removeprefix("pruning_")
-            es = [e for e in pruning.values() if e.get("row") == row and "wall_s" in e]
+            es = pruned[row]
             trained = ", ".join(sorted({f"{e['epochs_trained']} epochs" for e in es}))
             out.append((name, sum(e["wall_s"] for e in es),
                         f"pruning.json: {len(es)} criteria of `{row}` ({' / '.join(e['criterion'] for e in es)}), "

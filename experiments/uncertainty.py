@@ -194,10 +194,9 @@ def load_bbp(name: str, path: Path, n_samples: int, key) -> Loaded:
     note = f"{n_samples} draws from q"
     if best_epoch is not None:
         note += f" (state of epoch {best_epoch}, best on test)"
-    seed_epochs = bbp_mnist.CONFIGS[name]["epochs"]
-    short = f"{cfg['epochs']}/{seed_epochs} ep" if cfg["epochs"] < seed_epochs else ""
+    short = bbp_mnist.shortened(name, cfg["epochs"])
     if short:
-        note += f"; trained {cfg['epochs']} of the seed's {seed_epochs} epochs"
+        note += f"; trained {cfg['epochs']} of the seed's {bbp_mnist.CONFIGS[name]['epochs']} epochs"
     return Loaded(U.Posterior(method.model, samples), str(path), min(WEIGHT_DRAWS, n_samples), note, short)
 
 

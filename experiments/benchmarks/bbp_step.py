@@ -48,7 +48,7 @@ def epoch_schedule_s(row: str, summary: dict, epochs: int | None = None) -> tupl
     per-step time of its S (``summary`` as this script's JSON); ``None`` when a needed S was
     not timed."""
     epochs = bbp_mnist.CONFIGS[row]["epochs"] if epochs is None else epochs
-    sched, names = schedule(row), dict((s, n) for n, s in timed_samples(row))
+    sched, names = schedule(row), {s: n for n, s in timed_samples(row)}
     starts = sorted(e for e in sched if e < epochs)
     total, parts = 0.0, []
     for i, e in enumerate(starts):
