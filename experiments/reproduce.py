@@ -75,6 +75,12 @@ def stages(quick: bool, runs: Path, results: Path) -> list[Stage]:
         out.append(Stage(f"pruning_{row}", "experiments.bbp_mnist",
                          ("prune", row, *prune_small, "--runs-dir", f"{r}/bbp_mnist", "--results-dir", o),
                          (*mnist_data, f"{r}/bbp_mnist/{row}/checkpoint.pt"), ("pruning.json", "pruning.md")))
+    out.append(Stage("seed_logs_chain", "experiments.seed_logs",
+                     ("chain", "sgld", "psgld", "--runs-dir", f"{r}/mnist", "--results-dir", o),
+                     (*mnist_data, f"{r}/mnist/sgld/**/*.pt", f"{r}/mnist/psgld/**/*.pt"), ("seed_logs.json",)))
+    out.append(Stage("seed_logs_kfac", "experiments.seed_logs",
+                     ("kfac", f"{r}/kfac_mnist", "--n-train", "500" if quick else "60000", "--results-dir", o),
+                     (*mnist_data, f"{r}/kfac_mnist/*.pt"), ("seed_logs.json",)))
     # the full mode evaluates on the subsets behind results/uncertainty.md (CPU time)
     sizes = () if quick else ("--n-samples", "30", "--subset", "500", "--ood-subset", "1000")
     out.append(Stage("uncertainty", "experiments.uncertainty", (*q, *sizes, "--runs-dir", r, "--out", o),
@@ -150,6 +156,7 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
     from experiments.mnist import load_results
     log, mnist = load_log(results / "reproduce.json"), load_results(results / "mnist.json")
     uci, unc = load_results(results / "uci.json"), load_results(results / "uncertainty.json")
+    seed_logs = load_results(results / "seed_logs.json")
     pruned: dict[str, list] = {}  # row -> its timed pruning.json entries (one per criterion)
     for e in load_results(results / "pruning.json").values():
         if "wall_s" in e:
@@ -186,6 +193,12 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
             out.append((name, sum(e["wall_s"] for e in es),
                         f"pruning.json: {len(es)} criteria of `{row}` ({' / '.join(e['criterion'] for e in es)}), "
                         f"summed; run on a checkpoint of {trained} (the work does not depend on training length)"))
+        elif name.startswith("seed_logs_") and seed_logs.get(name.removeprefix("seed_logs_")):
+            es = seed_logs[name.removeprefix("seed_logs_")]
+            first_flag = next(i for i, a in enumerate(stage.args) if a.startswith("--"))
+            n = first_flag - 1  # the runs the stage scores: the arguments between the mode and the flags
+            out.append((name, sum(e["wall_s"] for e in es.values()) / len(es) * n,
+                        f"seed_logs.json: mean time per run over its {len(es)} entries, x {n} runs"))
         elif name == "uncertainty" and unc:
             models = unc["models"]
             out.append((name, sum(m["wall_s"]["total"] for m in models.values()),

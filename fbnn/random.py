@@ -103,7 +103,12 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
 
 
 def seed_of(k: torch.Tensor) -> int:
-    """The 64-bit integer seed of a concrete (unbatched) key."""
+    """The 64-bit integer seed of a concrete (unbatched) key.
+
+    torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, which here is the
+    key's second word: two keys whose second words agree give the same draws. ``split`` and
+    ``fold_in`` mix both words into each, so that happens only by chance, with probability
+    2^-32 per pair of keys (about one pair among 10^5 draws, a few hundred among 10^6)."""
     hi, lo = k.tolist()
     return ((hi & _MASK32) << 32) | (lo & _MASK32)
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from experiments import mnist
 
 
@@ -60,7 +62,6 @@ def test_reproduce_rejects_an_unknown_stage(tmp_path, capsys):
 
 
 def test_own_settings_need_a_row_name(capsys):
-    import pytest
     with pytest.raises(SystemExit):
         mnist.main(["sghmc_sa", "--quick", "--no-record", "--", "--lr", "3e-3"])
     assert "--row-name" in capsys.readouterr().err
@@ -141,3 +142,44 @@ def test_pruning_stage_time_and_label_come_from_pruning_json(tmp_path):
     assert times["pruning_bbp_laplace"] == (None, "not run (needs the BBP checkpoints)")
     md = (tmp_path / "pruning.md").read_text()
     assert "| bbp_gaussian (30/160 ep) | snr |" in md and "| bbp_gaussian (seed) | snr |" in md
+
+
+def test_seed_logs_chain_scores_each_batch_before_its_step(tmp_path):
+    """With a step too small to move the chain, the during-an-epoch minibatch figures (the
+    seed's Jtr_pred) are the last sample's figures over the whole training subset."""
+    from experiments import seed_logs
+    from fbnn import cli
+    runs = tmp_path / "runs"
+    cli.main(["train", "--method", "sgld", "--dataset", "mnist", "--hidden", "32", "--lr", "1e-14",
+              "--prior-sigma", "0.1", "--epochs", "2", "--subset", "300", "--test-subset", "100",
+              "--collect-from", "0", "--thin", "1", "--keep", "2", "--batch-size", "64", "--out", str(runs / "tiny"),
+              "--no-progress"])
+    out = tmp_path / "results"
+    argv = ["chain", "tiny", "--runs-dir", str(runs), "--results-dir", str(out)]
+    assert seed_logs.main(argv) == 0
+    r = json.loads((out / "seed_logs.json").read_text())["chain"]["tiny"]
+    assert r["n_kept"] == 2 and r["method"] == "sgld"
+    assert abs(r["train_ce_during"] - r["train_ce_last_sample"]) < 1e-5
+    assert abs(r["train_err_during"] - r["train_err_last_sample"]) < 1e-9
+    assert "| tiny | 2 |" in (out / "seed_logs.md").read_text()
+    first = (out / "seed_logs.json").read_text()
+    assert seed_logs.main(argv) == 0
+    assert json.loads(first)["chain"]["tiny"]["train_ce_during"] == r["train_ce_during"]
+
+
+def test_seed_logs_kfac_reads_the_factors_of_a_kfac_run(tmp_path):
+    from experiments import kfac_mnist, seed_logs
+    run = tmp_path / "kfac"
+    assert kfac_mnist.main(["--quick", "--runs-dir", str(run), "--rows", "kfac_laplace", "--no-record",
+                            "--no-progress"]) == 0
+    out = tmp_path / "results"
+    assert seed_logs.main(["kfac", str(run), "--n-train", "500", "--results-dir", str(out)]) == 0
+    r = json.loads((out / "seed_logs.json").read_text())["kfac"][str(run)]
+    assert (r["map_epoch"], r["n_data"], r["n_train"]) == (0, 1000, 500)
+    # the Laplace predictive spreads the MAP net's probabilities: less confident on training data
+    assert r["laplace_train"][0] < r["map_train"][0] < 0
+    assert "seed's notebook" in (out / "seed_logs.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="kfac_ggn_epoch"):
+        seed_logs.kfac_stats(empty, *[None] * 5, n_train=1)

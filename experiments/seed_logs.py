@@ -1,0 +1,204 @@
+"""Our MNIST runs against the per-epoch figures the seed's notebooks print, not its table.
+
+The seed's table holds one number per method from one run. Its notebooks also print, every
+epoch, the training cross-entropy and error averaged over that epoch's minibatches, each
+taken before the step on it (``Jtr_pred``), and the test cross-entropy and error of the
+epoch's final weights (``Jdev``). For a sampler those are per-sample statistics of the chain;
+the K-FAC notebook also evaluates its MAP net and its Laplace predictive on the training set.
+Matching them shows whether a sampler or a posterior is the seed's, apart from the ensemble
+or predictive number the table compares, and nothing in it is chosen on the test set.
+
+    python -m experiments.seed_logs chain sgld_seed1 psgld_seed1     # runs/mnist/<row>
+    python -m experiments.seed_logs kfac runs/kfac_mnist runs/kfac_mnist_seed2
+
+``chain``: the mean over the run's kept samples of the single-sample test cross-entropy and
+error (the seed's ``Jdev`` at the same epochs, 20, 22, ..., 198); the minibatch cross-entropy
+and error over one more epoch of the chain from its last checkpoint, each batch scored just
+before its step (the seed's ``Jtr_pred``, against its last 10 epochs); and, for contrast,
+the cross-entropy of the last sample on the whole training set. ``kfac``: the MAP net and
+100 K-FAC Laplace samples (the seed's damping, hessian_diag_sig 0.15) on the test set and on
+``--n-train`` training images (sums scaled to 60,000, as the seed's). Results go to
+``results/seed_logs.json`` and ``results/seed_logs.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fbnn import cli, likelihoods, metrics, models
+from fbnn import random as fr
+from fbnn.fit import load_checkpoint
+from fbnn.methods import laplace as fl
+from fbnn.methods.base import Batch
+from fbnn.predict import predict_probs
+
+from experiments.mnist import SEED as SEED_TABLE
+
+RESULTS = Path("results")
+N_TRAIN = 60000
+
+# Means of the seed's per-epoch log (notebooks/classification/{SGLD,pSGLD}_MNIST.ipynb at
+# b3c0101): Jdev and its error over the epochs of the 90 kept samples (20, 22, ..., 198);
+# Jtr_pred and its error over the last 10 epochs (190..199). Errors in %.
+SEED_CHAIN = {
+    "sgld": {"test_ce_kept": 0.1793, "test_err_kept": 4.839, "train_ce_during": 0.1442, "train_err_during": 4.069},
+    "psgld": {"test_ce_kept": 0.1866, "test_err_kept": 3.808, "train_ce_during": 0.0487, "train_err_during": 1.539},
+}
+# notebooks/KFAC_Laplace_MNIST.ipynb (0559a2e): test and training-set sums over all images.
+SEED_KFAC = {"map_test": (-564.552979, 1.47), "map_train": (-42.213203, 0.0),
+             "laplace_test": SEED_TABLE["kfac_laplace"], "laplace_train": (-7313.162598, 0.488333)}
+
+
+def _ce_err(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and error % of logits ``(B, K)``."""
+    lp = torch.log_softmax(logits, -1)
+    return float(-lp.gather(1, y[:, None]).mean()), float((lp.argmax(-1) != y).double().mean() * 100)
+
+
+def _apply_chunked(model, params, x, chunk: int = 10000) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.apply(params, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
+    """Per-sample statistics of the SG-MCMC run in ``run`` (see the module doc)."""
+    info = json.loads((run / "metrics.json").read_text())
+    cfg = info["config"]
+    x, y, xt, yt = cli._subsets(cfg, x, y, xt, yt)
+    model, method = cli.build(cfg, x.shape[1], x.shape[0])
+    files = sorted((run / "samples").glob("*.pt"))
+    if not files:
+        raise FileNotFoundError(f"seed_logs: no samples under {run / 'samples'}")
+    test = []
+    for f in files:
+        params = {k: v[0] for k, v in torch.load(f, weights_only=False).params.items()}
+        test.append(_ce_err(_apply_chunked(model, params, xt), yt))
+    last_train = _ce_err(_apply_chunked(model, params, x), y)
+    state = load_checkpoint(run / "checkpoint.pt")["state"]
+    order = fr.permutation(fr.fold_in(key, 0), x.shape[0])
+    bs, ce, err, t0 = cfg["batch_size"], 0.0, 0.0, time.perf_counter()
+    for i, start in enumerate(range(0, x.shape[0], bs)):
+        idx = order[start:start + bs]
+        c, e = _ce_err(_apply_chunked(model, state.params, x[idx]), y[idx])
+        ce, err = ce + c * len(idx), err + e * len(idx)
+        state, _ = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(fr.fold_in(key, 1), i))
+    n = x.shape[0]
+    return {"method": cfg["method"], "n_kept": len(files),
+            "predictive": (info["error_pct"], info["test_loglik_sum"]),
+            "test_ce_kept": sum(t[0] for t in test) / len(test), "test_err_kept": sum(t[1] for t in test) / len(test),
+            "train_ce_during": ce / n, "train_err_during": err / n,
+            "train_ce_last_sample": last_train[0], "train_err_last_sample": last_train[1],
+            "extra_epoch_s": time.perf_counter() - t0}
+
+
+def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100) -> dict:
+    """MAP and K-FAC Laplace (the seed's damping) of the ``experiments.kfac_mnist`` run in
+    ``run``, on the test set and on ``n_train`` training images (sums scaled to 60,000)."""
+    caches = sorted(run.glob("kfac_ggn_epoch*_n*.pt"))
+    if len(caches) != 1:
+        raise FileNotFoundError(f"seed_logs: expected one K-FAC factor file kfac_ggn_epoch<E>_n<N>.pt in {run} "
+                                f"(written by experiments.kfac_mnist), found {[c.name for c in caches]}")
+    epoch, n_data = (int(v) for v in caches[0].stem.removeprefix("kfac_ggn_epoch").split("_n"))
+    params = load_checkpoint(run / f"params_epoch{epoch}.pt")["params"]
+    n_layers = len([k for k in params if k.endswith(".weight")])
+    model = models.mlp([x.shape[1]] + [params[f"fc{i}.weight"].shape[0] for i in range(n_layers)])
+    state = load_checkpoint(caches[0])["state"]
+    la = fl.kfac_laplace(model, likelihoods.categorical(), damping="ritter", prior_precision=1 / 0.15 ** 2,
+                         n_data=n_data)
+    sub = fr.permutation(fr.fold_in(key, 2), x.shape[0])[:n_train]
+    xs, ys, scale = x[sub], y[sub], N_TRAIN / n_train
+
+    def sums(probs, yy, factor=1.0):
+        return metrics.test_loglik_sum(probs, yy) * factor, metrics.error_pct(probs, yy)
+
+    out = {"map_epoch": epoch, "n_data": n_data, "n_train": n_train, "n_samples": n_samples,
+           "map_test": sums(torch.softmax(_apply_chunked(model, params, xt), -1), yt),
+           "map_train": sums(torch.softmax(_apply_chunked(model, params, xs), -1), ys, scale)}
+    samples = la.sample(state, fr.fold_in(key, 3), n_samples)
+    out["laplace_test"] = sums(predict_probs(model, samples, xt).mean(0), yt)
+    out["laplace_train"] = sums(predict_probs(model, samples, xs).mean(0), ys, scale)
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Our runs against the seed's per-epoch logs", "",
+             "Written by `python -m experiments.seed_logs`; see its docstring for what each column measures. "
+             "Cross-entropies are nats per image, errors %.", ""]
+    chains = results.get("chain", {})
+    if chains:
+        lines += ["## SG-MCMC: per-sample statistics of the chain", "",
+                  "| run | kept | test CE, mean over samples | test err | train CE during an epoch | train err "
+                  "| train CE, last sample, whole set | all kept samples: error / log lik |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row, r in chains.items():
+            lines.append(f"| {row} | {r['n_kept']} | {r['test_ce_kept']:.4f} | {r['test_err_kept']:.2f} "
+                         f"| {r['train_ce_during']:.4f} | {r['train_err_during']:.2f} "
+                         f"| {r['train_ce_last_sample']:.4f} "
+                         f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} |")
+        for m in sorted({r["method"] for r in chains.values()}):
+            s, (ll, err) = SEED_CHAIN[m], SEED_TABLE[m]
+            lines.append(f"| seed's {m} notebook | 90 | {s['test_ce_kept']:.4f} | {s['test_err_kept']:.2f} "
+                         f"| {s['train_ce_during']:.4f} | {s['train_err_during']:.2f} | (not printed) "
+                         f"| {err:.2f} / {ll:.1f} |")
+        lines.append("")
+    kfac = results.get("kfac", {})
+    if kfac:
+        lines += ["## K-FAC Laplace: MAP net and Laplace predictive, test and training set", "",
+                  "Log-likelihoods are sums over the 10,000 test images and, on the training set, over "
+                  "`n_train` images scaled to 60,000.", "",
+                  "| run | MAP epoch | MAP test | MAP train | Laplace test | Laplace train |", "|---|---|---|---|---|---|"]
+
+        def cell(v):
+            return f"{v[0]:.1f} / {v[1]:.3g} %"
+        for run, r in kfac.items():
+            lines.append(f"| {run} (n_train {r['n_train']}) | {r['map_epoch']} | {cell(r['map_test'])} "
+                         f"| {cell(r['map_train'])} | {cell(r['laplace_test'])} | {cell(r['laplace_train'])} |")
+        lines.append(f"| seed's notebook | 9 | {cell(SEED_KFAC['map_test'])} | {cell(SEED_KFAC['map_train'])} "
+                     f"| {cell(SEED_KFAC['laplace_test'])} | {cell(SEED_KFAC['laplace_train'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("chain", "kfac"))
+    p.add_argument("runs", nargs="+", help="chain: row names under --runs-dir; kfac: run directories")
+    p.add_argument("--runs-dir", default="runs/mnist")
+    p.add_argument("--n-train", type=int, default=10000, help="kfac: training images scored (<= 60000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.n_train <= N_TRAIN:
+        p.error(f"--n-train must be in 1..{N_TRAIN}, got {args.n_train}")
+    x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
+    key = fr.key(args.seed)
+    out_json = Path(args.results_dir) / "seed_logs.json"
+    results = json.loads(out_json.read_text()) if out_json.exists() else {}
+    section = results.setdefault(args.what, {})
+    for run in args.runs:
+        t0 = time.perf_counter()
+        if args.what == "chain":
+            r = chain_stats(Path(args.runs_dir) / run, x, y, xt, yt, key)
+        else:
+            r = kfac_stats(Path(run), x, y, xt, yt, key, args.n_train)
+        r["wall_s"] = time.perf_counter() - t0
+        r["command"] = "python -m experiments.seed_logs " + " ".join(argv if argv is not None else sys.argv[1:])
+        r["commit"] = cli.git_commit()
+        section[run] = r
+        print(run, json.dumps(r), flush=True)
+        cli.write_json_atomic(out_json, results)
+        cli.write_text_atomic(Path(args.results_dir) / "seed_logs.md", markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
