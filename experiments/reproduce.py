@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_ROWS = ("map", "mc_dropout", "ensemble", "sgld", "psgld", "sghmc_sa")
 BBP_ROWS = ("bbp_gaussian", "bbp_gmm", "bbp_laplace", "bbp_lrt")
 PRUNED_ROWS = ("bbp_gaussian", "bbp_laplace")
+SEED_LOG_CHAINS = ("sgld", "psgld")  # rows whose chains seed_logs_chain scores
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ def stages(quick: bool, runs: Path, results: Path) -> list[Stage]:
                          ("prune", row, *prune_small, "--runs-dir", f"{r}/bbp_mnist", "--results-dir", o),
                          (*mnist_data, f"{r}/bbp_mnist/{row}/checkpoint.pt"), ("pruning.json", "pruning.md")))
     out.append(Stage("seed_logs_chain", "experiments.seed_logs",
-                     ("chain", "sgld", "psgld", "--runs-dir", f"{r}/mnist", "--results-dir", o),
-                     (*mnist_data, f"{r}/mnist/sgld/**/*.pt", f"{r}/mnist/psgld/**/*.pt"), ("seed_logs.json",)))
+                     ("chain", *SEED_LOG_CHAINS, "--runs-dir", f"{r}/mnist", "--results-dir", o),
+                     (*mnist_data, *(f"{r}/mnist/{row}/**/*.pt" for row in SEED_LOG_CHAINS)), ("seed_logs.json",)))
     out.append(Stage("seed_logs_kfac", "experiments.seed_logs",
                      ("kfac", f"{r}/kfac_mnist", "--n-train", "500" if quick else "60000", "--results-dir", o),
                      (*mnist_data, f"{r}/kfac_mnist/*.pt"), ("seed_logs.json",)))
@@ -195,8 +196,7 @@ def recorded_times(results: Path) -> list[tuple[str, float | None, str]]:
                         f"summed; run on a checkpoint of {trained} (the work does not depend on training length)"))
         elif name.startswith("seed_logs_") and seed_logs.get(name.removeprefix("seed_logs_")):
             es = seed_logs[name.removeprefix("seed_logs_")]
-            first_flag = next(i for i, a in enumerate(stage.args) if a.startswith("--"))
-            n = first_flag - 1  # the runs the stage scores: the arguments between the mode and the flags
+            n = len(SEED_LOG_CHAINS) if name == "seed_logs_chain" else 1  # runs the stage scores
             out.append((name, sum(e["wall_s"] for e in es.values()) / len(es) * n,
                         f"seed_logs.json: mean time per run over its {len(es)} entries, x {n} runs"))
         elif name == "uncertainty" and unc:

@@ -38,9 +38,11 @@ from fbnn.methods.base import Batch
 from fbnn.predict import predict_probs
 
 from experiments.mnist import SEED as SEED_TABLE
+from experiments.mnist import load_results
 
 RESULTS = Path("results")
 N_TRAIN = 60000
+HESSIAN_DIAG_SIG = 0.15  # the seed's K-FAC damping (SPEC 3.8.3)
 
 # Means of the seed's per-epoch log (notebooks/classification/{SGLD,pSGLD}_MNIST.ipynb at
 # b3c0101): Jdev and its error over the epochs of the 90 kept samples (20, 22, ..., 198);
@@ -74,11 +76,10 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
     files = sorted((run / "samples").glob("*.pt"))
     if not files:
         raise FileNotFoundError(f"seed_logs: no samples under {run / 'samples'}")
-    test = []
-    for f in files:
-        params = {k: v[0] for k, v in torch.load(f, weights_only=False).params.items()}
-        test.append(_ce_err(_apply_chunked(model, params, xt), yt))
-    last_train = _ce_err(_apply_chunked(model, params, x), y)
+    def sample_params(f):
+        return {k: v[0] for k, v in torch.load(f, weights_only=False).params.items()}
+    test = [_ce_err(_apply_chunked(model, sample_params(f), xt), yt) for f in files]
+    last_train = _ce_err(_apply_chunked(model, sample_params(files[-1]), x), y)
     state = load_checkpoint(run / "checkpoint.pt")["state"]
     order = fr.permutation(fr.fold_in(key, 0), x.shape[0])
     bs, ce, err, t0 = cfg["batch_size"], 0.0, 0.0, time.perf_counter()
@@ -97,7 +98,7 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
 
 
 def seed_procedure_probs(params: dict, state, x, key, n_samples: int, n_data: int,
-                         prior_sig: float = 0.15) -> torch.Tensor:
+                         prior_sig: float = HESSIAN_DIAG_SIG) -> torch.Tensor:
     """The K-FAC notebook's sampler, written out on its own as a check of ``fbnn``'s: per
     layer ``U_Q = upper-Cholesky(inv(sqrt(N) Q + sqrt(tau) I))`` and ``L_H`` = lower-Cholesky
     of the same for ``H``, in float32 as the seed; each draw ``W = M + L_H Z U_Q`` with
@@ -135,7 +136,8 @@ def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100)
     n_layers = len([k for k in params if k.endswith(".weight")])
     model = models.mlp([x.shape[1]] + [params[f"fc{i}.weight"].shape[0] for i in range(n_layers)])
     state = load_checkpoint(caches[0])["state"]
-    la = fl.kfac_laplace(model, likelihoods.categorical(), damping="ritter", prior_precision=1 / 0.15 ** 2,
+    la = fl.kfac_laplace(model, likelihoods.categorical(), damping="ritter",
+                         prior_precision=1 / HESSIAN_DIAG_SIG ** 2,
                          n_data=n_data)
     sub = fr.permutation(fr.fold_in(key, 2), x.shape[0])[:n_train]
     xs, ys, scale = x[sub], y[sub], N_TRAIN / n_train
@@ -164,7 +166,7 @@ def markdown(results: dict) -> str:
                   "| run | kept | test CE, mean over samples | test err | train CE during an epoch | train err "
                   "| train CE, last sample, whole set | all kept samples: error / log lik |",
                   "|---|---|---|---|---|---|---|---|"]
-        for row, r in chains.items():
+        for row, r in sorted(chains.items()):
             lines.append(f"| {row} | {r['n_kept']} | {r['test_ce_kept']:.4f} | {r['test_err_kept']:.2f} "
                          f"| {r['train_ce_during']:.4f} | {r['train_err_during']:.2f} "
                          f"| {r['train_ce_last_sample']:.4f} "
@@ -187,7 +189,7 @@ def markdown(results: dict) -> str:
 
         def cell(v):
             return f"{v[0]:.1f} / {v[1]:.3g} %"
-        for run, r in kfac.items():
+        for run, r in sorted(kfac.items()):
             lines.append(f"| {run} (n_train {r['n_train']}) | {r['map_epoch']} | {cell(r['map_test'])} "
                          f"| {cell(r['map_train'])} | {cell(r['laplace_test'])} | {cell(r['laplace_train'])} "
                          f"| {cell(r['laplace_test_seed_procedure'])} |")
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
     x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
     key = fr.key(args.seed)
     out_json = Path(args.results_dir) / "seed_logs.json"
-    results = json.loads(out_json.read_text()) if out_json.exists() else {}
+    results = load_results(out_json)
     section = results.setdefault(args.what, {})
     for run in args.runs:
         t0 = time.perf_counter()
