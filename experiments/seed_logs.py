@@ -15,7 +15,9 @@ or predictive number the table compares, and nothing in it is chosen on the test
 error (the seed's ``Jdev`` at the same epochs, 20, 22, ..., 198); the minibatch cross-entropy
 and error over one more epoch of the chain from its last checkpoint, each batch scored just
 before its step (the seed's ``Jtr_pred``, against its last 10 epochs); and, for contrast,
-the cross-entropy of the last sample on the whole training set. ``kfac``: the MAP net and
+the cross-entropy of the last sample on the whole training set; and the single-sample test
+figures averaged over windows of the run (``WINDOWS``), against the seed's Jdev at the same
+epochs, to show the chain moves along its run as the seed's does. ``kfac``: the MAP net and
 100 K-FAC Laplace samples (the seed's damping, hessian_diag_sig 0.15) on the test set and on
 ``--n-train`` training images (sums scaled to 60,000, as the seed's). Results go to
 ``results/seed_logs.json`` and ``results/seed_logs.md``.
@@ -51,6 +53,13 @@ SEED_CHAIN = {
     "sgld": {"test_ce_kept": 0.1793, "test_err_kept": 4.839, "train_ce_during": 0.1442, "train_err_during": 4.069},
     "psgld": {"test_ce_kept": 0.1866, "test_err_kept": 3.808, "train_ce_during": 0.0487, "train_err_during": 1.539},
 }
+# The same Jdev means over windows of the kept epochs, [start, stop): (test CE, error %) per
+# window, to show how the chain moves along its run, not only where it is on average.
+WINDOWS = ((20, 60), (60, 100), (100, 140), (140, 200))
+SEED_CHAIN_WINDOWS = {
+    "sgld": ((0.2051, 5.394), (0.1704, 4.671), (0.1654, 4.481), (0.1774, 4.820)),
+    "psgld": ((0.1527, 3.848), (0.1760, 3.782), (0.1924, 3.733), (0.2124, 3.849)),
+}
 # notebooks/KFAC_Laplace_MNIST.ipynb (0559a2e): test and training-set sums over all images.
 SEED_KFAC = {"map_test": (-564.552979, 1.47), "map_train": (-42.213203, 0.0),
              "laplace_test": SEED_TABLE["kfac_laplace"], "laplace_train": (-7313.162598, 0.488333)}
@@ -79,6 +88,7 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
     def sample_params(f):
         return {k: v[0] for k, v in torch.load(f, weights_only=False).params.items()}
     test = [_ce_err(_apply_chunked(model, sample_params(f), xt), yt) for f in files]
+    epochs = [int(f.stem.removeprefix("sample_")) for f in files]  # the collector names files by epoch
     last_train = _ce_err(_apply_chunked(model, sample_params(files[-1]), x), y)
     state = load_checkpoint(run / "checkpoint.pt")["state"]
     order = fr.permutation(fr.fold_in(key, 0), x.shape[0])
@@ -92,9 +102,19 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
     return {"method": cfg["method"], "n_kept": len(files),
             "predictive": (info["error_pct"], info["test_loglik_sum"]),
             "test_ce_kept": sum(t[0] for t in test) / len(test), "test_err_kept": sum(t[1] for t in test) / len(test),
+            "test_by_window": window_means(epochs, test),
             "train_ce_during": ce / n, "train_err_during": err / n,
             "train_ce_last_sample": last_train[0], "train_err_last_sample": last_train[1],
             "extra_epoch_s": time.perf_counter() - t0}
+
+
+def window_means(epochs: list[int], figures: list[tuple[float, float]]) -> list:
+    """Mean of each figure pair over the epochs in each of ``WINDOWS``; None for an empty window."""
+    out = []
+    for start, stop in WINDOWS:
+        inside = [f for e, f in zip(epochs, figures) if start <= e < stop]
+        out.append([sum(f[i] for f in inside) / len(inside) for i in range(2)] if inside else None)
+    return out
 
 
 def seed_procedure_probs(params: dict, state, x, key, n_samples: int, n_data: int,
@@ -171,11 +191,24 @@ def markdown(results: dict) -> str:
                          f"| {r['train_ce_during']:.4f} | {r['train_err_during']:.2f} "
                          f"| {r['train_ce_last_sample']:.4f} "
                          f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} |")
-        for m in sorted({r["method"] for r in chains.values()}):
+        methods = sorted({r["method"] for r in chains.values()})
+        for m in methods:
             s, (ll, err) = SEED_CHAIN[m], SEED_TABLE[m]
             lines.append(f"| seed's {m} notebook | 90 | {s['test_ce_kept']:.4f} | {s['test_err_kept']:.2f} "
                          f"| {s['train_ce_during']:.4f} | {s['train_err_during']:.2f} | (not printed) "
                          f"| {err:.2f} / {ll:.1f} |")
+        lines += ["", "Single-sample test CE / error % along the run: the mean over the kept samples whose "
+                  "epoch lies in each window (the seed's: its Jdev at the same epochs).", "",
+                  "| run | " + " | ".join(f"epochs {a}-{b - 1}" for a, b in WINDOWS) + " |",
+                  "|---|" + "---|" * len(WINDOWS)]
+
+        def cells(ws):
+            return " | ".join("–" if w is None else f"{w[0]:.4f} / {w[1]:.2f}" for w in ws)
+        for m in methods:
+            for row, r in sorted(chains.items()):
+                if r["method"] == m and "test_by_window" in r:
+                    lines.append(f"| {row} | {cells(r['test_by_window'])} |")
+            lines.append(f"| seed's {m} notebook | {cells(SEED_CHAIN_WINDOWS[m])} |")
         lines.append("")
     kfac = results.get("kfac", {})
     if kfac:

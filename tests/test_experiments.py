@@ -161,10 +161,24 @@ def test_seed_logs_chain_scores_each_batch_before_its_step(tmp_path):
     assert r["n_kept"] == 2 and r["method"] == "sgld"
     assert abs(r["train_ce_during"] - r["train_ce_last_sample"]) < 1e-5
     assert abs(r["train_err_during"] - r["train_err_last_sample"]) < 1e-9
+    assert r["test_by_window"] == [None] * len(seed_logs.WINDOWS)  # epochs 0 and 1 lie before every window
     assert "| tiny | 2 |" in (out / "seed_logs.md").read_text()
     first = (out / "seed_logs.json").read_text()
     assert seed_logs.main(argv) == 0
     assert json.loads(first)["chain"]["tiny"]["train_ce_during"] == r["train_ce_during"]
+
+
+def test_seed_logs_windows_average_by_epoch():
+    """Window means group samples by the epoch in their file name; the seed's window constants,
+    weighted by the kept epochs in each window, give back its whole-run means."""
+    from experiments import seed_logs
+    got = seed_logs.window_means([20, 58, 60, 150, 198], [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)])
+    assert got == [[2, 3], [5, 6], None, [8, 9]]
+    counts = [len(range(a, b, 2)) for a, b in seed_logs.WINDOWS]
+    for m, windows in seed_logs.SEED_CHAIN_WINDOWS.items():
+        for i, name in enumerate(("test_ce_kept", "test_err_kept")):
+            mean = sum(c * w[i] for c, w in zip(counts, windows)) / sum(counts)
+            assert abs(mean - seed_logs.SEED_CHAIN[m][name]) < 2e-4 * max(1.0, seed_logs.SEED_CHAIN[m][name])
 
 
 def test_seed_logs_kfac_reads_the_factors_of_a_kfac_run(tmp_path):
