@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -166,6 +167,23 @@ def test_seed_logs_chain_scores_each_batch_before_its_step(tmp_path):
     first = (out / "seed_logs.json").read_text()
     assert seed_logs.main(argv) == 0
     assert json.loads(first)["chain"]["tiny"]["train_ce_during"] == r["train_ce_during"]
+
+
+def test_replay_epoch_takes_the_steps_resume_takes(tmp_path):
+    """Replaying the epoch after a checkpoint ends on the parameters `--resume` reaches, bit for bit."""
+    from experiments import replay_epoch
+    from fbnn import cli, tree
+    from fbnn.fit import load_checkpoint
+    run = tmp_path / "tiny"
+    train = ["train", "--method", "sgld", "--dataset", "mnist", "--hidden", "16", "--lr", "1e-4",
+             "--prior-sigma", "0.1", "--subset", "300", "--test-subset", "100", "--collect-from", "0",
+             "--thin", "1", "--keep", "2", "--batch-size", "64", "--out", str(run), "--no-progress"]
+    cli.main([*train, "--epochs", "1"])
+    steps = list(replay_epoch.replay(run))
+    assert [s[0] for s in steps] == list(range(5))  # 300 images in batches of 64
+    assert all(math.isfinite(v) for s in steps for v in s[1:5])
+    cli.main([*train, "--epochs", "2", "--resume"])
+    assert tree.equal(steps[-1][-1].params, load_checkpoint(run / "checkpoint.pt")["state"].params)
 
 
 def test_seed_logs_windows_average_by_epoch():
