@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from fbnn import cli, tree
-from fbnn import random as fr
-from fbnn.fit import _batches, _orders, epoch_keys, load_checkpoint
+from fbnn.fit import epoch_batches, load_checkpoint
 from fbnn.methods.base import Batch
 
 
@@ -31,14 +30,10 @@ def replay(run: Path, data_dir=None):
     model, method = cli.build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     if method.streams != 1:
         raise ValueError(f"replay_epoch: {run} trains {method.streams} streams; only single-stream runs replay")
-    _, k_fit, _ = fr.split(fr.key(cfg["seed"]), 3)  # as cli.cmd_train
-    state, epoch = ckpt["state"], ckpt["epoch"]
-    shuffle_key, step_base = epoch_keys(k_fit, epoch)
-    order = _orders(shuffle_key, x.shape[0], 1)
-    for i, (lo, hi) in enumerate(_batches(x.shape[0], cfg["batch_size"], False)):
-        idx = order[lo:hi]
+    state = ckpt["state"]
+    for i, idx, step_key in epoch_batches(cli.run_keys(cfg["seed"])[1], ckpt["epoch"], x.shape[0], cfg["batch_size"]):
         before = tree.clone(state.params)  # a step may update in place
-        state, step_info = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(step_base, i))
+        state, step_info = method.step(state, Batch(x[idx], y[idx], idx), step_key)
         norm = float(tree.norm(tree.astype(tree.sub(state.params, before), torch.float64)))
         biggest = max(float(v.abs().max()) for v in tree.leaves(state.params))
         with torch.no_grad():

@@ -272,14 +272,18 @@ def _check_sampler_schedule(cfg: dict) -> None:
                          f"({cfg['epochs']} epochs)")
 
 
+def run_keys(seed: int):
+    """``(k_init, k_fit, k_eval)`` of a ``train`` run with this seed."""
+    return fr.split(fr.key(seed), 3)
+
+
 def cmd_train(args) -> dict:
     cfg = _run_config(args)
     _check_sampler_schedule(cfg)
     x, y, xt, yt, info = load_dataset(args.dataset, args.data_dir, args.split)
     x, y, xt, yt = _subsets(cfg, x, y, xt, yt)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
-    key = fr.key(args.seed)
-    k_init, k_fit, k_eval = fr.split(key, 3)
+    k_init, k_fit, k_eval = run_keys(args.seed)
     out_dir = Path(args.out)
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists() and not args.resume:
@@ -325,7 +329,7 @@ def cmd_evaluate(args) -> dict:
     x, y, xt, yt = _subsets(cfg, x, y, xt, yt)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
     _check_state_fits(model, method, cfg, ckpt["state"], path)
-    key = fr.split(fr.key(args.seed if args.seed is not None else cfg["seed"]), 3)[2]
+    key = run_keys(args.seed if args.seed is not None else cfg["seed"])[2]
     collections = None
     if cfg["method"] in SAMPLERS:
         collections = (load_checkpoint(p) for p in ckpt.get("collected", []))

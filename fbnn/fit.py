@@ -142,6 +142,15 @@ def _orders(shuffle_key, n: int, streams: int) -> torch.Tensor:
     return torch.stack([fr.permutation(k, n) for k in fr.split(shuffle_key, streams)])
 
 
+def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int = 1, drop_last: bool = False):
+    """One epoch's minibatches as ``fit`` takes them: ``(i, idx, step_key)`` per step, ``idx``
+    ``(B,)``, or ``(streams, B)`` for independent shuffles."""
+    shuffle_key, step_base = epoch_keys(key, epoch)
+    order = _orders(shuffle_key, n, streams)
+    for i, (lo, hi) in enumerate(_batches(n, batch_size, drop_last)):
+        yield i, order[..., lo:hi], fr.fold_in(step_base, i)
+
+
 def _check_finite(info: dict, epoch: int, step: int, global_step: int) -> float:
     loss = info["loss"]
     if not torch.isfinite(loss).all():
@@ -196,13 +205,10 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
     bar = tqdm(total=(epochs - start_epoch) * len(spans), disable=not progress,
                desc=description or method.name, dynamic_ncols=True, mininterval=1.0)
     for epoch in range(start_epoch, epochs):
-        shuffle_key, step_base = epoch_keys(key, epoch)
-        order = _orders(shuffle_key, n, streams)
         losses = []
         t_epoch = time.perf_counter()
-        for i, (lo, hi) in enumerate(spans):
-            idx = order[..., lo:hi]
-            state, info = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(step_base, i))
+        for i, idx, step_key in epoch_batches(key, epoch, n, batch_size, streams, drop_last):
+            state, info = method.step(state, Batch(x[idx], y[idx], idx), step_key)
             global_step = epoch * len(spans) + i
             losses.append(_check_finite(info, epoch, i, global_step))
             if collector is not None and collector.every == "step" and collector.wants(global_step):
