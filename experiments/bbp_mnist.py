@@ -107,12 +107,7 @@ def evaluate(method, state, x, y, key, n_samples: int, chunk: int = 10) -> dict:
     t0 = time.perf_counter()
     sample_probs = torch.cat([predict_probs(method.model, s, x)
                               for s in vi.sample_chunks(state, key, n_samples, chunk)])
-    probs = sample_probs.mean(0)
-    total, _, epistemic = metrics.entropy_decomposition(sample_probs)
-    return {"error_pct": metrics.error_pct(probs, y), "test_loglik_sum": metrics.test_loglik_sum(probs, y),
-            "nll_mean": metrics.nll_mean(probs, y), "brier": metrics.brier(probs, y),
-            "ece": metrics.ece(probs, y), "mean_total_entropy": float(total.mean()),
-            "mean_epistemic_entropy": float(epistemic.mean()), "n_samples": n_samples,
+    return {**metrics.classification_summary(sample_probs.mean(0), y, sample_probs), "n_samples": n_samples,
             "eval_s": time.perf_counter() - t0}
 
 

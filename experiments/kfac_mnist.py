@@ -88,18 +88,6 @@ def curvature_state(la, name, params, x, y, out: Path):
     return state, wall
 
 
-def classification_metrics(probs, yt, sample_probs=None) -> dict:
-    """``evaluate_run``'s metrics from predictive probabilities ``(B, K)``; the entropy
-    decomposition from per-sample probabilities ``(S, B, K)`` when given."""
-    out = {"error_pct": metrics.error_pct(probs, yt), "test_loglik_sum": metrics.test_loglik_sum(probs, yt),
-           "nll_mean": metrics.nll_mean(probs, yt), "brier": metrics.brier(probs, yt),
-           "ece": metrics.ece(probs, yt)}
-    if sample_probs is not None:
-        total, _, epistemic = metrics.entropy_decomposition(sample_probs)
-        out.update({"mean_total_entropy": float(total.mean()), "mean_epistemic_entropy": float(epistemic.mean())})
-    return out
-
-
 def glm_function_samples(la, state, x, key, n, **kw):
     """Softmax of ``n`` draws ``f ~ N(f*(x), J Sigma J')``: ``(S, B, K)`` (for the entropy
     decomposition of the GLM rows), with the probit probabilities ``(B, K)``."""
@@ -170,7 +158,7 @@ def main(argv=None) -> int:
     x, y, xt, yt = x[:args.n_train], y[:args.n_train], xt[:args.n_test], yt[:args.n_test]
     with torch.no_grad():
         map_probs = torch.softmax(model.apply(params, xt), -1)
-    print("MAP:", json.dumps(classification_metrics(map_probs, yt)), flush=True)
+    print("MAP:", json.dumps(metrics.classification_summary(map_probs, yt)), flush=True)
     rows = [r for r in args.rows.split(",") if r]
     key = fr.fold_in(fr.key(args.seed), 7)
 
@@ -195,7 +183,7 @@ def main(argv=None) -> int:
             samples = la_seed.sample(state, fr.fold_in(key, 0), args.samples)
             sample_probs = predict_probs(model, samples, xt)
             del samples
-            m = classification_metrics(sample_probs.mean(0), yt, sample_probs)
+            m = metrics.classification_summary(sample_probs.mean(0), yt, sample_probs)
             m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
             m["config"] = {"method": "kfac_laplace", "structure": "kfac", "curvature": "ggn", "damping": "ritter",
                            "hessian_diag_sig": args.hessian_diag_sig, "prior_precision": tau_seed,
@@ -213,7 +201,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             sample_probs, probs = glm_function_samples(la_std, state_d, xt, fr.fold_in(key, 1), args.samples,
                                                        prior_precision=tau)
-            m = classification_metrics(probs, yt, sample_probs)
+            m = metrics.classification_summary(probs, yt, sample_probs)
             m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
             m["config"] = {"method": "kfac_laplace_glm", "structure": "kfac", "curvature": "ggn",
                            "damping": "standard", "prior_precision": tau, "prior_precision_per_layer": tau_layers,
@@ -231,7 +219,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             sample_probs, probs = glm_function_samples(la_std, state_d, xt, fr.fold_in(key, 3), args.samples,
                                                        prior_precision=tau)
-            m = classification_metrics(probs, yt, sample_probs)
+            m = metrics.classification_summary(probs, yt, sample_probs)
             m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
             m["config"] = {"method": "kfac_laplace_glm_val", "structure": "kfac", "curvature": "ggn",
                            "damping": "standard", "prior_precision": tau,
@@ -258,7 +246,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         sample_probs, probs = glm_function_samples(la_ll, state, xt, fr.fold_in(key, 2), args.samples,
                                                    prior_precision=tau)
-        m = classification_metrics(probs, yt, sample_probs)
+        m = metrics.classification_summary(probs, yt, sample_probs)
         m.update({"n_samples": args.samples, "eval_s": time.perf_counter() - t0})
         m["config"] = {"method": "last_layer_laplace", "structure": "last_layer", "curvature": "ggn",
                        "prior_precision": tau, "log_marginal_likelihood": lml, "n_data": n_data,

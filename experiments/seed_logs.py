@@ -17,7 +17,8 @@ and error over one more epoch of the chain from its last checkpoint, each batch 
 before its step (the seed's ``Jtr_pred``, against its last 10 epochs); and, for contrast,
 the cross-entropy of the last sample on the whole training set; and the single-sample test
 figures averaged over windows of the run (``WINDOWS``), against the seed's Jdev at the same
-epochs, to show the chain moves along its run as the seed's does. ``kfac``: the MAP net and
+epochs, to show the chain moves along its run as the seed's does; and the averaging gain, the
+mean single-sample test CE less the predictive's, which grows as the samples disagree. ``kfac``: the MAP net and
 100 K-FAC Laplace samples (the seed's damping, hessian_diag_sig 0.15) on the test set and on
 ``--n-train`` training images (sums scaled to 60,000, as the seed's). Results go to
 ``results/seed_logs.json`` and ``results/seed_logs.md``.
@@ -99,7 +100,7 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
         ce, err = ce + c * len(idx), err + e * len(idx)
         state, _ = method.step(state, Batch(x[idx], y[idx], idx), fr.fold_in(fr.fold_in(key, 1), i))
     n = x.shape[0]
-    return {"method": cfg["method"], "n_kept": len(files),
+    return {"method": cfg["method"], "n_kept": len(files), "n_test": yt.shape[0],
             "predictive": (info["error_pct"], info["test_loglik_sum"]),
             "test_ce_kept": sum(t[0] for t in test) / len(test), "test_err_kept": sum(t[1] for t in test) / len(test),
             "test_by_window": window_means(epochs, test),
@@ -176,6 +177,17 @@ def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100)
     return out
 
 
+def averaging_gain(sample_ce: float, loglik_sum: float, n_test: int) -> float:
+    """Mean single-sample test CE minus the predictive's (Jensen's gap of -log over the samples)."""
+    return sample_ce + loglik_sum / n_test
+
+
+def gain_cell(r: dict) -> str:
+    if "n_test" not in r:  # scored before the count was recorded
+        return "–"
+    return f"{averaging_gain(r['test_ce_kept'], r['predictive'][1], r['n_test']):.4f}"
+
+
 def markdown(results: dict) -> str:
     lines = ["# Our runs against the seed's per-epoch logs", "",
              "Written by `python -m experiments.seed_logs`; see its docstring for what each column measures. "
@@ -184,20 +196,25 @@ def markdown(results: dict) -> str:
     if chains:
         lines += ["## SG-MCMC: per-sample statistics of the chain", "",
                   "| run | kept | test CE, mean over samples | test err | train CE during an epoch | train err "
-                  "| train CE, last sample, whole set | all kept samples: error / log lik |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| train CE, last sample, whole set | all kept samples: error / log lik "
+                  "| averaging gain |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row, r in sorted(chains.items()):
             lines.append(f"| {row} | {r['n_kept']} | {r['test_ce_kept']:.4f} | {r['test_err_kept']:.2f} "
                          f"| {r['train_ce_during']:.4f} | {r['train_err_during']:.2f} "
                          f"| {r['train_ce_last_sample']:.4f} "
-                         f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} |")
+                         f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} "
+                         f"| {gain_cell(r)} |")
         methods = sorted({r["method"] for r in chains.values()})
         for m in methods:
             s, (ll, err) = SEED_CHAIN[m], SEED_TABLE[m]
             lines.append(f"| seed's {m} notebook | 90 | {s['test_ce_kept']:.4f} | {s['test_err_kept']:.2f} "
                          f"| {s['train_ce_during']:.4f} | {s['train_err_during']:.2f} | (not printed) "
-                         f"| {err:.2f} / {ll:.1f} |")
-        lines += ["", "Single-sample test CE / error % along the run: the mean over the kept samples whose "
+                         f"| {err:.2f} / {ll:.1f} | {averaging_gain(s['test_ce_kept'], ll, 10000):.4f} |")
+        lines += ["", "Averaging gain: the mean single-sample test CE minus the test CE of the predictive "
+                  "(minus its log lik over the test images), the nats per image that averaging the "
+                  "samples' probabilities wins; it grows as the samples disagree more on the true labels.",
+                  "", "Single-sample test CE / error % along the run: the mean over the kept samples whose "
                   "epoch lies in each window (the seed's: its Jdev at the same epochs).", "",
                   "| run | " + " | ".join(f"epochs {a}-{b - 1}" for a, b in WINDOWS) + " |",
                   "|---|" + "---|" * len(WINDOWS)]

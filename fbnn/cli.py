@@ -167,12 +167,7 @@ def evaluate_run(method, state, x, y, key, n_samples: int, info: dict, collectio
         outs = predictive(method, state, x, key, n_samples, probs=False)
     if classification:
         sample_probs = torch.softmax(outs, -1)
-        probs = sample_probs.mean(0)
-        total, aleatoric, epistemic = metrics.entropy_decomposition(sample_probs)
-        out = {"error_pct": metrics.error_pct(probs, y), "test_loglik_sum": metrics.test_loglik_sum(probs, y),
-               "nll_mean": metrics.nll_mean(probs, y), "brier": metrics.brier(probs, y),
-               "ece": metrics.ece(probs, y), "mean_total_entropy": float(total.mean()),
-               "mean_epistemic_entropy": float(epistemic.mean())}
+        out = metrics.classification_summary(sample_probs.mean(0), y, sample_probs)
     else:
         mean, log_sigma = likelihoods.split_mean_log_sigma(outs)
         means, stds = mean[..., 0], log_sigma[..., 0].exp()

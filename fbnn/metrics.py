@@ -53,6 +53,7 @@ __all__ = [
     "categorical_entropy",
     "entropy_decomposition",
     "auroc",
+    "classification_summary",
     # regression
     "rmse",
     "gaussian_loglik",
@@ -456,6 +457,18 @@ def entropy_decomposition(
     total = _entropy(p.mean(dim=0), offset)
     aleatoric = _entropy(p, offset).mean(dim=0)
     return total, aleatoric, total - aleatoric
+
+
+def classification_summary(probs: Any, labels: Any, sample_probs: Any = None) -> dict[str, float]:
+    """The MNIST table's metrics of a predictive: error %, summed test log-likelihood,
+    mean NLL, Brier and ECE from ``probs (B, K)``; with ``sample_probs (S, B, K)`` (whose
+    mean is ``probs``) also the mean total and epistemic entropy."""
+    out = {"error_pct": error_pct(probs, labels), "test_loglik_sum": test_loglik_sum(probs, labels),
+           "nll_mean": nll_mean(probs, labels), "brier": brier(probs, labels), "ece": ece(probs, labels)}
+    if sample_probs is not None:
+        total, _, epistemic = entropy_decomposition(sample_probs)
+        out.update({"mean_total_entropy": float(total.mean()), "mean_epistemic_entropy": float(epistemic.mean())})
+    return out
 
 
 def auroc(scores_in: Any, scores_out: Any) -> float:

@@ -159,7 +159,9 @@ def test_seed_logs_chain_scores_each_batch_before_its_step(tmp_path):
     argv = ["chain", "tiny", "--runs-dir", str(runs), "--results-dir", str(out)]
     assert seed_logs.main(argv) == 0
     r = json.loads((out / "seed_logs.json").read_text())["chain"]["tiny"]
-    assert r["n_kept"] == 2 and r["method"] == "sgld"
+    assert r["n_kept"] == 2 and r["method"] == "sgld" and r["n_test"] == 100
+    # two samples the step cannot tell apart: averaging them gains nothing over either one
+    assert abs(seed_logs.averaging_gain(r["test_ce_kept"], r["predictive"][1], r["n_test"])) < 1e-5
     assert abs(r["train_ce_during"] - r["train_ce_last_sample"]) < 1e-5
     assert abs(r["train_err_during"] - r["train_err_last_sample"]) < 1e-9
     assert r["test_by_window"] == [None] * len(seed_logs.WINDOWS)  # epochs 0 and 1 lie before every window
@@ -232,3 +234,52 @@ def test_seed_logs_kfac_reads_the_factors_of_a_kfac_run(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="kfac_ggn_epoch"):
         seed_logs.kfac_stats(empty, *[None] * 5, n_train=1)
+
+
+def _tiny_ensemble(out, seed, *extra):
+    from fbnn import cli
+    cli.main(["train", "--method", "ensemble", "--members", "2", "--resample", "bernoulli", "--fraction", "0.8",
+              "--dataset", "mnist", "--hidden", "16", "--epochs", "1", "--subset", "300", "--test-subset", "100",
+              "--batch-size", "64", "--seed", str(seed), "--out", str(out), "--no-progress", *extra])
+
+
+def test_ensemble_pool_grows_run_by_run_and_starts_at_the_first_runs_evaluation(tmp_path):
+    from experiments import ensemble_pool
+    for seed in (0, 1, 2):
+        _tiny_ensemble(tmp_path / f"e{seed}", seed)
+    res = tmp_path / "results"
+    runs = [str(tmp_path / f"e{s}") for s in (0, 1, 2)]
+    assert ensemble_pool.main([*runs, "--results-dir", str(res), "--row-name", "ensemble_pooled"]) == 0
+    report = json.loads((res / "ensemble_pool.json").read_text())
+    curve = report["curve"]
+    assert [(c["runs"], c["members"]) for c in curve] == [(1, 2), (2, 4), (3, 6)]
+    own = json.loads((tmp_path / "e0" / "metrics.json").read_text())
+    for k in ("error_pct", "test_loglik_sum", "ece", "mean_epistemic_entropy"):
+        assert curve[0][k] == pytest.approx(own[k], rel=1e-9, abs=1e-12), k
+    row = json.loads((res / "mnist.json").read_text())["ensemble_pooled"]
+    assert row["n_samples"] == 6 and row["config"]["seed"] == [0, 1, 2]
+    assert row["test_loglik_sum"] == curve[-1]["test_loglik_sum"]
+    assert ensemble_pool.main([*runs[::-1], "--results-dir", str(tmp_path / "rev")]) == 0
+    rev = json.loads((tmp_path / "rev" / "ensemble_pool.json").read_text())["curve"][-1]
+    assert rev["test_loglik_sum"] == pytest.approx(curve[-1]["test_loglik_sum"], rel=1e-6)  # float32 sums
+    assert rev["error_pct"] == curve[-1]["error_pct"]
+
+
+def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
+    from experiments import ensemble_pool
+    from fbnn import cli
+    from fbnn.fit import load_checkpoint, save_checkpoint
+    _tiny_ensemble(tmp_path / "a", 0)
+    _tiny_ensemble(tmp_path / "lr", 1, "--lr", "1e-2")
+    cli.main(["train", "--method", "map", "--dataset", "mnist", "--hidden", "16", "--epochs", "1", "--subset", "300",
+              "--test-subset", "100", "--out", str(tmp_path / "map"), "--no-progress"])
+    res = tmp_path / "results"
+    cases = {("a", "a"): "given more than once", ("a", "lr"): "lr=0.01", ("a", "map"): "not an `fbnn train` ensemble"}
+    for names, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            ensemble_pool.main([str(tmp_path / n) for n in names] + ["--results-dir", str(res)])
+    ckpt = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    save_checkpoint(tmp_path / "a" / "checkpoint.pt", {**ckpt, "epoch": 0})
+    with pytest.raises(ValueError, match="unfinished, 0 of 1 epochs"):
+        ensemble_pool.main([str(tmp_path / "a"), "--results-dir", str(res)])
+    assert not res.exists()  # nothing half-written

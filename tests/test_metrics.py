@@ -489,3 +489,17 @@ def test_other_bad_inputs():
         M.uci_test_loglik(torch.zeros(3), torch.ones(3), torch.zeros(3), 0.0)
     with pytest.raises(ValueError, match="means: expected a 2-D"):
         M.moment_match(torch.zeros(3), torch.ones(3))
+
+
+def test_classification_summary_is_the_table_metrics_of_the_mean_of_the_samples():
+    g = torch.Generator().manual_seed(0)
+    sample_probs = torch.softmax(torch.randn(5, 40, 3, generator=g), -1)
+    y = torch.randint(0, 3, (40,), generator=g)
+    probs = sample_probs.mean(0)
+    got = M.classification_summary(probs, y, sample_probs)
+    total, _, epistemic = M.entropy_decomposition(sample_probs)
+    assert got == {"error_pct": M.error_pct(probs, y), "test_loglik_sum": M.test_loglik_sum(probs, y),
+                   "nll_mean": M.nll_mean(probs, y), "brier": M.brier(probs, y),
+                   "ece": M.ece(probs, y), "mean_total_entropy": float(total.mean()),
+                   "mean_epistemic_entropy": float(epistemic.mean())}
+    assert set(M.classification_summary(probs, y)) == {"error_pct", "test_loglik_sum", "nll_mean", "brier", "ece"}

@@ -1,0 +1,143 @@
+"""Pool the members of ``fbnn train`` ensemble runs that differ only in their seed into one
+ensemble, and score it on the test set as it grows run by run.
+
+    python -m experiments.ensemble_pool runs/mnist/ensemble runs/mnist/ensemble_seed{1..9} \\
+        --row-name ensemble_pooled
+
+Runs with different seeds draw their members' inits, Bernoulli subsets and shuffles from different keys,
+so their members are independent draws of one training procedure: ten 10-member runs pooled
+are a 100-member ensemble, the seed script's default (SPEC 3.2, 8), trained in pieces that each
+fit well inside an hour. Writes ``results/ensemble_pool.json`` and ``.md``: the metrics of the
+first k runs pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation);
+with ``--row-name``, also the whole pool as a row of ``results/mnist.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fbnn import cli, metrics
+from fbnn.fit import load_checkpoint
+from fbnn.predict import predictive
+
+from experiments import mnist
+
+RESULTS = mnist.RESULTS
+
+
+def load_runs(paths) -> list[dict]:
+    """Checkpoint, config and (when present) ``metrics.json`` of each run directory; raises
+    ``ValueError`` unless every run is a finished ensemble, all with one config but their seeds."""
+    runs = []
+    for path in map(Path, paths):
+        ckpt = load_checkpoint(path / "checkpoint.pt")
+        cfg = (ckpt.get("meta") or {}).get("config")
+        if cfg is None or cfg.get("method") != "ensemble":
+            raise ValueError(f"{path}: not an `fbnn train` ensemble run (method {cfg and cfg.get('method')!r})")
+        if ckpt["epoch"] < cfg["epochs"]:
+            raise ValueError(f"{path}: unfinished, {ckpt['epoch']} of {cfg['epochs']} epochs trained "
+                             "(finish it with --resume first)")
+        saved = path / "metrics.json"
+        runs.append({"path": path, "ckpt": ckpt, "cfg": cfg,
+                     "metrics": json.loads(saved.read_text()) if saved.exists() else None})
+    if not runs:
+        raise ValueError("ensemble_pool: no runs given")
+    first = runs[0]
+    for run in runs[1:]:
+        changed = sorted(k for k in set(first["cfg"]) | set(run["cfg"])
+                         if k != "seed" and first["cfg"].get(k) != run["cfg"].get(k))
+        if changed:
+            raise ValueError(f"{run['path']} and {first['path']} differ in more than their seed: "
+                             + ", ".join(f"{k}={run['cfg'].get(k)!r} vs {first['cfg'].get(k)!r}" for k in changed))
+    seeds = [r["cfg"]["seed"] for r in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} given more than once: their members would be counted twice")
+    return runs
+
+
+def member_probs(run: dict, x: torch.Tensor, n_in: int, n_data: int, n_classes: int) -> torch.Tensor:
+    """``(M, B, K)`` softmax outputs of a run's ``M`` members on ``x``, as ``fbnn evaluate``
+    computes them (the run's evaluation key, every member once)."""
+    cfg = run["cfg"]
+    model, method = cli.build(cfg, n_in, n_data, n_classes)
+    cli._check_state_fits(model, method, cfg, run["ckpt"]["state"], run["path"])
+    k_eval = cli.run_keys(cfg["seed"])[2]
+    return torch.softmax(predictive(method, run["ckpt"]["state"], x, k_eval, cfg["members"], probs=False), -1)
+
+
+def pooled_curve(probs: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
+    """Metrics of the first k runs' members pooled, for k = 1..len(probs)."""
+    curve = []
+    for k in range(1, len(probs) + 1):
+        pool = torch.cat(probs[:k])
+        curve.append({"runs": k, "members": pool.shape[0], **metrics.classification_summary(pool.mean(0), y, pool)})
+    return curve
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Ensembles pooled from runs that differ only in their seed", "",
+             f"Command: `{report['command']}` (commit {report['commit']}). Row k pools the members of the "
+             "first k runs below; row 1 is the first run's own evaluation.", "",
+             "| runs | members | error % | log like | NLL mean | Brier | ECE | epistemic entropy |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['runs']} | {c['members']} | {c['error_pct']:.2f} | {c['test_loglik_sum']:.2f} | "
+              f"{c['nll_mean']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {c['mean_epistemic_entropy']:.4f} |"
+              for c in report["curve"]]
+    lines += ["", "| run | seed | members | train wall (s) | commit |", "|---|---|---|---|---|"]
+    lines += [f"| {r['path']} | {r['seed']} | {r['members']} | "
+              f"{'–' if r['train_wall_s'] is None else round(r['train_wall_s'])} | {r['commit']} |"
+              for r in report["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories of `fbnn train --method ensemble`")
+    p.add_argument("--row-name", default=None, help="also record the whole pool as this row of mnist.json")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--results-dir", default=str(RESULTS))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    runs = load_runs(args.runs)
+    if args.row_name and any(r["metrics"] is None for r in runs):
+        p.error("--row-name needs each run's metrics.json (its training wall time and commit); missing in "
+                + ", ".join(str(r["path"]) for r in runs if r["metrics"] is None))
+    cfg = runs[0]["cfg"]
+    x, y, xt, yt, info = cli.load_dataset(cfg["dataset"], args.data_dir, cfg["split"])
+    x, y, xt, yt = cli._subsets(cfg, x, y, xt, yt)
+    probs = [member_probs(r, xt, x.shape[-1], x.shape[0], info.get("n_classes", 10)) for r in runs]
+    curve = pooled_curve(probs, yt)
+    eval_s = time.perf_counter() - t0
+    command = "python -m experiments.ensemble_pool " + " ".join(argv)
+    run_rows = [{"path": str(r["path"]), "seed": r["cfg"]["seed"], "members": r["cfg"]["members"],
+                 "train_wall_s": (r["metrics"] or {}).get("train_wall_s"),
+                 "commit": (r["metrics"] or {}).get("commit", "unknown")} for r in runs]
+    report = {"command": command, "commit": cli.git_commit(), "curve": curve, "runs": run_rows}
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.write_json_atomic(out / "ensemble_pool.json", report)
+    cli.write_text_atomic(out / "ensemble_pool.md", markdown(report))
+    print(markdown(report))
+    if args.row_name:
+        whole = curve[-1]
+        mnist.record(args.row_name, {
+            **whole, "n_samples": whole["members"], "epochs": cfg["epochs"], "eval_s": eval_s,
+            "train_wall_s": sum(r["train_wall_s"] for r in run_rows),
+            "commit": ",".join(dict.fromkeys(r["commit"] for r in run_rows)),
+            "config": {**cfg, "members": whole["members"], "seed": [r["seed"] for r in run_rows]}},
+            command, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
