@@ -8,8 +8,10 @@ Runs with different seeds draw their members' inits, Bernoulli subsets and shuff
 so their members are independent draws of one training procedure: ten 10-member runs pooled
 are a 100-member ensemble, the seed script's default (SPEC 3.2, 8), trained in pieces that each
 fit well inside an hour. Writes ``results/ensemble_pool.json`` and ``.md``: the metrics of the
-first k runs pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation);
-with ``--row-name``, also the whole pool as a row of ``results/mnist.json``.
+first k runs pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation),
+and, beside them, those of the same members with their logits averaged instead of their
+probabilities (the default of the seed's ``sample_eval``); with ``--row-name``, also the whole
+pool as a row of ``results/mnist.json``.
 """
 from __future__ import annotations
 
@@ -61,22 +63,28 @@ def load_runs(paths) -> list[dict]:
     return runs
 
 
-def member_probs(run: dict, x: torch.Tensor, n_in: int, n_data: int, n_classes: int) -> torch.Tensor:
-    """``(M, B, K)`` softmax outputs of a run's ``M`` members on ``x``, as ``fbnn evaluate``
-    computes them (the run's evaluation key, every member once)."""
+def member_logits(run: dict, x: torch.Tensor, n_in: int, n_data: int, n_classes: int) -> torch.Tensor:
+    """``(M, B, K)`` logits of a run's ``M`` members on ``x``, as ``fbnn evaluate`` computes
+    them (the run's evaluation key, every member once)."""
     cfg = run["cfg"]
     model, method = cli.build(cfg, n_in, n_data, n_classes)
     cli._check_state_fits(model, method, cfg, run["ckpt"]["state"], run["path"])
     k_eval = cli.run_keys(cfg["seed"])[2]
-    return torch.softmax(predictive(method, run["ckpt"]["state"], x, k_eval, cfg["members"], probs=False), -1)
+    return predictive(method, run["ckpt"]["state"], x, k_eval, cfg["members"], probs=False)
 
 
-def pooled_curve(probs: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
-    """Metrics of the first k runs' members pooled, for k = 1..len(probs)."""
+def pooled_curve(logits: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
+    """Metrics of the first k runs' members pooled, for k = 1..len(logits): of the mean of
+    their probabilities (SPEC 1.4), and, under ``logit_average``, of the softmax of their mean
+    logits (the default of the seed's ``sample_eval``, ``logits=True``)."""
     curve = []
-    for k in range(1, len(probs) + 1):
-        pool = torch.cat(probs[:k])
-        curve.append({"runs": k, "members": pool.shape[0], **metrics.classification_summary(pool.mean(0), y, pool)})
+    for k in range(1, len(logits) + 1):
+        pool = torch.cat(logits[:k])
+        probs = torch.softmax(pool, -1)
+        by_logits = torch.softmax(pool.mean(0), -1)
+        curve.append({"runs": k, "members": pool.shape[0], **metrics.classification_summary(probs.mean(0), y, probs),
+                      "logit_average": {"error_pct": metrics.error_pct(by_logits, y),
+                                        "test_loglik_sum": metrics.test_loglik_sum(by_logits, y)}})
     return curve
 
 
@@ -84,10 +92,12 @@ def markdown(report: dict) -> str:
     lines = ["# Ensembles pooled from runs that differ only in their seed", "",
              f"Command: `{report['command']}` (commit {report['commit']}). Row k pools the members of the "
              "first k runs below; row 1 is the first run's own evaluation.", "",
-             "| runs | members | error % | log like | NLL mean | Brier | ECE | epistemic entropy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| runs | members | error % | log like | NLL mean | Brier | ECE | epistemic entropy "
+             "| logits averaged: error % / log like |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {c['runs']} | {c['members']} | {c['error_pct']:.2f} | {c['test_loglik_sum']:.2f} | "
-              f"{c['nll_mean']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {c['mean_epistemic_entropy']:.4f} |"
+              f"{c['nll_mean']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {c['mean_epistemic_entropy']:.4f} "
+              f"| {c['logit_average']['error_pct']:.2f} / {c['logit_average']['test_loglik_sum']:.2f} |"
               for c in report["curve"]]
     lines += ["", "| run | seed | members | train wall (s) | commit |", "|---|---|---|---|---|"]
     lines += [f"| {r['path']} | {r['seed']} | {r['members']} | "
@@ -115,8 +125,8 @@ def main(argv=None) -> int:
     cfg = runs[0]["cfg"]
     x, y, xt, yt, info = cli.load_dataset(cfg["dataset"], args.data_dir, cfg["split"])
     x, y, xt, yt = cli._subsets(cfg, x, y, xt, yt)
-    probs = [member_probs(r, xt, x.shape[-1], x.shape[0], info.get("n_classes", 10)) for r in runs]
-    curve = pooled_curve(probs, yt)
+    logits = [member_logits(r, xt, x.shape[-1], x.shape[0], info.get("n_classes", 10)) for r in runs]
+    curve = pooled_curve(logits, yt)
     eval_s = time.perf_counter() - t0
     command = "python -m experiments.ensemble_pool " + " ".join(argv)
     run_rows = [{"path": str(r["path"]), "seed": r["cfg"]["seed"], "members": r["cfg"]["members"],

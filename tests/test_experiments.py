@@ -263,6 +263,8 @@ def test_ensemble_pool_grows_run_by_run_and_starts_at_the_first_runs_evaluation(
     rev = json.loads((tmp_path / "rev" / "ensemble_pool.json").read_text())["curve"][-1]
     assert rev["test_loglik_sum"] == pytest.approx(curve[-1]["test_loglik_sum"], rel=1e-6)  # float32 sums
     assert rev["error_pct"] == curve[-1]["error_pct"]
+    assert rev["logit_average"]["test_loglik_sum"] == pytest.approx(
+        curve[-1]["logit_average"]["test_loglik_sum"], rel=1e-6)
 
 
 def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
