@@ -77,12 +77,13 @@ def pooled_curve(logits: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
     """Metrics of the first k runs' members pooled, for k = 1..len(logits): of the mean of
     their probabilities (SPEC 1.4), and, under ``logit_average``, of the softmax of their mean
     logits (the default of the seed's ``sample_eval``, ``logits=True``)."""
-    curve = []
-    for k in range(1, len(logits) + 1):
-        pool = torch.cat(logits[:k])
-        probs = torch.softmax(pool, -1)
-        by_logits = torch.softmax(pool.mean(0), -1)
-        curve.append({"runs": k, "members": pool.shape[0], **metrics.classification_summary(probs.mean(0), y, probs),
+    pool = torch.cat(logits)
+    probs = torch.softmax(pool, -1)
+    curve, members = [], 0
+    for k, run in enumerate(logits, 1):
+        members += run.shape[0]
+        p, by_logits = probs[:members], torch.softmax(pool[:members].mean(0), -1)
+        curve.append({"runs": k, "members": members, **metrics.classification_summary(p.mean(0), y, p),
                       "logit_average": {"error_pct": metrics.error_pct(by_logits, y),
                                         "test_loglik_sum": metrics.test_loglik_sum(by_logits, y)}})
     return curve

@@ -182,12 +182,6 @@ def averaging_gain(sample_ce: float, loglik_sum: float, n_test: int) -> float:
     return sample_ce + loglik_sum / n_test
 
 
-def gain_cell(r: dict) -> str:
-    if "n_test" not in r:  # scored before the count was recorded
-        return "–"
-    return f"{averaging_gain(r['test_ce_kept'], r['predictive'][1], r['n_test']):.4f}"
-
-
 def markdown(results: dict) -> str:
     lines = ["# Our runs against the seed's per-epoch logs", "",
              "Written by `python -m experiments.seed_logs`; see its docstring for what each column measures. "
@@ -204,7 +198,7 @@ def markdown(results: dict) -> str:
                          f"| {r['train_ce_during']:.4f} | {r['train_err_during']:.2f} "
                          f"| {r['train_ce_last_sample']:.4f} "
                          f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} "
-                         f"| {gain_cell(r)} |")
+                         f"| {averaging_gain(r['test_ce_kept'], r['predictive'][1], r['n_test']):.4f} |")
         methods = sorted({r["method"] for r in chains.values()})
         for m in methods:
             s, (ll, err) = SEED_CHAIN[m], SEED_TABLE[m]
