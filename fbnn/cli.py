@@ -96,7 +96,7 @@ def build(cfg: dict, n_in: int, n_data: int, n_out: int = 10):
     if name == "ensemble":
         resample = None if cfg["resample"] == "none" else cfg["resample"]
         return model, methods.ensemble(inner, cfg["members"], resample=resample, n_data=n_data,
-                                       fraction=cfg["fraction"])
+                                       fraction=cfg["fraction"], batches=cfg.get("batches", "independent"))
     return model, inner
 
 
@@ -247,6 +247,8 @@ def _run_config(args) -> dict:
     if args.method == "sghmc_sa":
         cfg["adaptation"] = args.adaptation
     cfg.update({k: getattr(args, k) for k in ("subset", "test_subset") if getattr(args, k, None) is not None})
+    if getattr(args, "batches", "independent") != "independent":  # absent from older runs' configs
+        cfg["batches"] = args.batches
     return cfg
 
 
@@ -400,6 +402,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--member", choices=("map", "mc_dropout"), default="map", help="ensemble member method")
     t.add_argument("--resample", choices=("none", "bernoulli", "bootstrap"), default="bernoulli")
     t.add_argument("--fraction", type=float, default=0.8, help="resampling fraction")
+    t.add_argument("--batches", choices=("independent", "subset"), default="independent",
+                   help="ensemble minibatches: 'independent' shuffles of the whole training set, each "
+                        "example weighted by the member's resample; 'subset': each member iterates "
+                        "over its own resampled examples in full batches (the seed's SubsetRandomSampler)")
     g = t.add_argument_group("SG-MCMC (sgld, psgld, sghmc, sghmc_sa)",
                              "gradient = N x minibatch-mean NLL + prior; samples are kept on disk under "
                              "OUT/samples after epoch i when i >= --collect-from and (i - collect-from) % "

@@ -12,6 +12,7 @@ FIFO buffer), for SG-MCMC.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import tempfile
 import time
@@ -25,7 +26,8 @@ from . import random as fr
 from . import tree
 from .methods.base import Batch, Samples
 
-__all__ = ["fit", "FitResult", "Collector", "atomic_write", "save_checkpoint", "load_checkpoint", "epoch_keys"]
+__all__ = ["fit", "FitResult", "Collector", "atomic_write", "save_checkpoint", "load_checkpoint", "epoch_keys",
+           "epoch_batches", "subset_epoch_batches"]
 
 
 class FitResult(NamedTuple):
@@ -151,6 +153,42 @@ def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int = 1, dr
         yield i, order[..., lo:hi], fr.fold_in(step_base, i)
 
 
+def subset_epoch_batches(key, epoch: int, subsets, batch_size: int, drop_last: bool = False):
+    """One epoch over per-stream example sets (``method.subsets``): ``(i, idx, weight,
+    step_key)`` per step, ``idx`` and ``weight`` ``(streams, B)``. Stream ``s`` shuffles its
+    own ``subsets[s]`` (its own key, as ``_orders``) and takes full batches of it; a stream
+    that runs out before the longest is padded with row 0 at weight 0."""
+    shuffle_key, step_base = epoch_keys(key, epoch)
+    keys = fr.split(shuffle_key, len(subsets))
+    orders = [sub[fr.permutation(k, sub.numel())] for sub, k in zip(subsets, keys)]
+    if drop_last:
+        orders = [o[:o.numel() - o.numel() % batch_size] for o in orders]
+    steps = _subset_steps(subsets, batch_size, drop_last)
+    idx = torch.zeros(len(orders), steps * batch_size, dtype=torch.int64)
+    weight = torch.zeros(len(orders), steps * batch_size)
+    for s, o in enumerate(orders):
+        idx[s, :o.numel()] = o
+        weight[s, :o.numel()] = 1.0
+    for i in range(steps):
+        cols = slice(i * batch_size, (i + 1) * batch_size)
+        yield i, idx[:, cols], weight[:, cols], fr.fold_in(step_base, i)
+
+
+def _subset_steps(subsets, batch_size: int, drop_last: bool) -> int:
+    sizes = [s.numel() - (s.numel() % batch_size if drop_last else 0) for s in subsets]
+    return max(math.ceil(m / batch_size) for m in sizes)
+
+
+def _epoch(key, epoch, n, batch_size, streams, drop_last, subsets):
+    """``(i, idx, weight, step_key)`` per step: ``epoch_batches`` (weight ``None``) or
+    ``subset_epoch_batches``."""
+    if subsets is not None:
+        yield from subset_epoch_batches(key, epoch, subsets, batch_size, drop_last)
+        return
+    for i, idx, step_key in epoch_batches(key, epoch, n, batch_size, streams, drop_last):
+        yield i, idx, None, step_key
+
+
 def _check_finite(info: dict, epoch: int, step: int, global_step: int) -> float:
     loss = info["loss"]
     if not torch.isfinite(loss).all():
@@ -181,13 +219,19 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
     spans = _batches(n, batch_size, drop_last)
     if not spans:
         raise ValueError(f"fit: no full batch of {batch_size} in {n} examples with drop_last=True")
-    if collector is not None:
-        collector.validate(epochs, len(spans))
     streams = method.streams
+    subsets = method.subsets(state) if method.subsets is not None else None
+    n_steps = len(spans) if subsets is None else _subset_steps(subsets, batch_size, drop_last)
+    if n_steps == 0:
+        raise ValueError(f"fit: no stream has a full batch of {batch_size} examples with drop_last=True")
+    if collector is not None:
+        collector.validate(epochs, n_steps)
     settings = {"method": method.name, "n": n, "batch_size": batch_size, "drop_last": drop_last,
                 "key": key.tolist()}
     if streams > 1:
         settings["streams"] = streams
+    if subsets is not None:
+        settings["subset_sizes"] = [s.numel() for s in subsets]
 
     history: list = []
     start_epoch, wall_before = 0, 0.0
@@ -202,14 +246,14 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
             collector.buffer.extend(ckpt.get("collected", []))
 
     t0 = time.perf_counter()
-    bar = tqdm(total=(epochs - start_epoch) * len(spans), disable=not progress,
+    bar = tqdm(total=(epochs - start_epoch) * n_steps, disable=not progress,
                desc=description or method.name, dynamic_ncols=True, mininterval=1.0)
     for epoch in range(start_epoch, epochs):
         losses = []
         t_epoch = time.perf_counter()
-        for i, idx, step_key in epoch_batches(key, epoch, n, batch_size, streams, drop_last):
-            state, info = method.step(state, Batch(x[idx], y[idx], idx), step_key)
-            global_step = epoch * len(spans) + i
+        for i, idx, weight, step_key in _epoch(key, epoch, n, batch_size, streams, drop_last, subsets):
+            state, info = method.step(state, Batch(x[idx], y[idx], idx, weight), step_key)
+            global_step = epoch * n_steps + i
             losses.append(_check_finite(info, epoch, i, global_step))
             if collector is not None and collector.every == "step" and collector.wants(global_step):
                 collector.add(method, state, fr.fold_in(fr.fold_in(key, global_step), 1 << 20), global_step)

@@ -4,7 +4,7 @@ import torch
 import fbnn
 from fbnn import likelihoods, methods, models, optim, priors, tree
 from fbnn import random as fr
-from fbnn.fit import epoch_keys
+from fbnn.fit import epoch_keys, subset_epoch_batches
 from fbnn.predict import predictive
 
 
@@ -113,6 +113,52 @@ def test_fit_gives_ensemble_members_independent_shuffles(toy_classification):
         assert torch.equal(epoch0[j].sort().values, torch.arange(256))
     assert not torch.equal(epoch0[0], epoch0[1])
     assert not torch.equal(epoch0, torch.cat(seen[4:], dim=1))
+
+
+@pytest.mark.parametrize("resample", ["bernoulli", "bootstrap"])
+def test_subset_batches_train_each_member_on_its_own_examples_as_a_loop_does(toy_classification, resample):
+    # the seed's SubsetRandomSampler: member j takes full batches of its own examples only; the
+    # member whose examples run out first is padded at weight 0 and must not move (momentum!)
+    x, y = toy_classification
+    model = models.mlp([8, 16, 3])
+    inner = methods.map(model, likelihoods.categorical(), optim.sgd(0.01, momentum=0.9))
+    n, batch_size = 3, 10
+    ens = methods.ensemble(inner, n, resample=resample, n_data=256, fraction=0.7, batches="subset")
+    params = methods.init_members(model, fr.key(0), n)
+    state = ens.init(fr.key(1), params)
+    subsets = ens.subsets(state)
+    assert [s.numel() for s in subsets] == state.weights.sum(1).long().tolist()
+    steps = [-(-s.numel() // batch_size) for s in subsets]
+    if resample == "bernoulli":  # subset sizes 169, 179, 180: member 0 is padded for a whole step
+        assert len(set(steps)) > 1
+    else:  # round(0.7 * 256) draws each, with repeats
+        assert len(set(steps)) == 1 and any(sub.unique().numel() < sub.numel() for sub in subsets)
+    result = fbnn.fit(ens, state, (x, y), fr.key(2), epochs=2, batch_size=batch_size, progress=False)
+    for j in range(n):
+        s = tree.index(state.members, j)
+        for epoch in range(2):
+            seen = []
+            for _, idx, weight, step_key in subset_epoch_batches(fr.key(2), epoch, subsets, batch_size):
+                assert idx.shape == weight.shape == (n, batch_size)
+                rows = idx[j][weight[j] > 0]
+                seen.append(rows)
+                if rows.numel():
+                    s, _ = inner.step(s, methods.Batch(x[rows], y[rows], rows), fr.split(step_key, n)[j])
+            assert torch.equal(torch.cat(seen).sort().values, subsets[j].sort().values)
+        assert tree.allclose(s.params, tree.index(result.state.members.params, j), atol=1e-5, rtol=1e-5)
+        assert int(tree.index(result.state.members, j).count) == 2 * steps[j]
+
+
+def test_subset_batches_need_a_resample_and_the_padding_mask(toy_classification):
+    x, y = toy_classification
+    inner = _map(models.mlp([8, 3]))
+    with pytest.raises(ValueError, match="needs resample"):
+        methods.ensemble(inner, 2, batches="subset")
+    ens = methods.ensemble(inner, 2, resample="bernoulli", n_data=256, batches="subset")
+    state = ens.init(fr.key(0), methods.init_members(models.mlp([8, 3]), fr.key(0), 2))
+    idx = torch.stack([torch.arange(8), torch.arange(8, 16)])
+    with pytest.raises(ValueError, match="padding mask"):
+        ens.step(state, methods.Batch(x[idx], y[idx], idx), fr.key(1))
 
 
 def test_ensemble_resampling_weights():

@@ -14,7 +14,11 @@ A ``Method`` is a bundle of pure functions:
 - ``streams``: how many independent minibatch streams ``step`` consumes. 1 for a
   single method; ``ensemble(..., batches="independent")`` has one per member and takes
   batches with a leading member axis, ``x (n, B, ...)``, which ``fit`` builds from
-  ``n`` independent shuffles.
+  ``n`` independent shuffles;
+- ``subsets``: ``None``, or ``subsets(state) -> [(n_s,), ...]``, one index tensor per
+  stream: the examples that stream trains on (repeats allowed). ``fit`` then shuffles
+  each stream's own examples every epoch, takes full batches of them, and pads the
+  streams that run out first with weight-0 rows (``ensemble(..., batches="subset")``).
 Methods never know the architecture: they see ``model.apply_train`` and
 ``likelihood.log_lik``, so any model from ``from_module`` works with every method.
 """
@@ -57,6 +61,7 @@ class Method(NamedTuple):
     keyed: bool
     name: str
     streams: int = 1
+    subsets: Optional[Callable] = None
 
 
 def expand_samples(params, model_state, n: int) -> Samples:
