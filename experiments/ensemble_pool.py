@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--report", default="ensemble_pool",
+                   help="the curve goes to RESULTS_DIR/REPORT.md and .json (default ensemble_pool)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -136,8 +138,8 @@ def main(argv=None) -> int:
     report = {"command": command, "commit": cli.git_commit(), "curve": curve, "runs": run_rows}
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cli.write_json_atomic(out / "ensemble_pool.json", report)
-    cli.write_text_atomic(out / "ensemble_pool.md", markdown(report))
+    cli.write_json_atomic(out / f"{args.report}.json", report)
+    cli.write_text_atomic(out / f"{args.report}.md", markdown(report))
     print(markdown(report))
     if args.row_name:
         whole = curve[-1]

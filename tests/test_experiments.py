@@ -259,8 +259,8 @@ def test_ensemble_pool_grows_run_by_run_and_starts_at_the_first_runs_evaluation(
     row = json.loads((res / "mnist.json").read_text())["ensemble_pooled"]
     assert row["n_samples"] == 6 and row["config"]["seed"] == [0, 1, 2]
     assert row["test_loglik_sum"] == curve[-1]["test_loglik_sum"]
-    assert ensemble_pool.main([*runs[::-1], "--results-dir", str(tmp_path / "rev")]) == 0
-    rev = json.loads((tmp_path / "rev" / "ensemble_pool.json").read_text())["curve"][-1]
+    assert ensemble_pool.main([*runs[::-1], "--results-dir", str(res), "--report", "reversed"]) == 0
+    rev = json.loads((res / "reversed.json").read_text())["curve"][-1]
     assert rev["test_loglik_sum"] == pytest.approx(curve[-1]["test_loglik_sum"], rel=1e-6)  # float32 sums
     assert rev["error_pct"] == curve[-1]["error_pct"]
     assert rev["logit_average"]["test_loglik_sum"] == pytest.approx(
@@ -273,10 +273,12 @@ def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
     from fbnn.fit import load_checkpoint, save_checkpoint
     _tiny_ensemble(tmp_path / "a", 0)
     _tiny_ensemble(tmp_path / "lr", 1, "--lr", "1e-2")
+    _tiny_ensemble(tmp_path / "sub", 2, "--batches", "subset")
     cli.main(["train", "--method", "map", "--dataset", "mnist", "--hidden", "16", "--epochs", "1", "--subset", "300",
               "--test-subset", "100", "--out", str(tmp_path / "map"), "--no-progress"])
     res = tmp_path / "results"
-    cases = {("a", "a"): "given more than once", ("a", "lr"): "lr=0.01", ("a", "map"): "not an `fbnn train` ensemble"}
+    cases = {("a", "a"): "given more than once", ("a", "lr"): "lr=0.01",
+             ("a", "sub"): "batches=.*subset", ("a", "map"): "not an `fbnn train` ensemble"}
     for names, message in cases.items():
         with pytest.raises(ValueError, match=message):
             ensemble_pool.main([str(tmp_path / n) for n in names] + ["--results-dir", str(res)])

@@ -16,7 +16,8 @@ whole training set. ``batches="subset"`` instead has each member iterate over it
 examples only, in full batches (the seed's ``SubsetRandomSampler``: about 375 steps of 128
 per MNIST epoch at fraction 0.8, against 469 batches holding about 102 kept examples each);
 ``fit`` pads the member that runs out first with weight-0 rows and ``step`` leaves a member
-whose batch is all padding unchanged.
+whose batch is all padding unchanged. With the summed loss (the seed's) a padded batch is
+exactly its real rows; a ``"mean"`` or ``"dataset"`` reduction divides by ``B`` padding included.
 Nothing here knows what the inner method is: the same transform gives a deep ensemble
 of MAP nets, or parallel SG-MCMC chains.
 """

@@ -115,7 +115,7 @@ class LaplaceState(NamedTuple):
 
 
 class Laplace(NamedTuple):
-    """A ``Method`` (first eight fields) plus the posterior's functions (see the module doc)."""
+    """A ``Method`` (first nine fields) plus the posterior's functions (see the module doc)."""
     init: Callable
     step: Callable
     sample: Callable
@@ -124,6 +124,7 @@ class Laplace(NamedTuple):
     keyed: bool
     name: str
     streams: int
+    subsets: Optional[Callable]
     decompose: Callable
     glm_predictive: Callable
     glm_probs: Callable
@@ -850,7 +851,7 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
                 for g, t in terms.items()}
 
     name = f"{structure}_laplace"
-    return Laplace(init, step, sample, check, model, False, name, 1, decompose, glm_predictive, glm_probs,
+    return Laplace(init, step, sample, check, model, False, name, 1, None, decompose, glm_predictive, glm_probs,
                    log_marginal_likelihood, optimize_prior_precision, groups, config)
 
 
