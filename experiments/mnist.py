@@ -96,12 +96,18 @@ def markdown_table(results: dict) -> str:
 
 
 def seed_summary(results: dict) -> list[str]:
-    """Mean and standard deviation over the seeds of each row that was run with several."""
+    """Mean and standard deviation over the seeds of each row that was run with several.
+
+    A rerun of a seed already in the group (say ``ensemble_seed0`` beside ``ensemble``, both
+    ``--seed 0``) is the same draw and is counted once: the row whose name sorts first."""
     groups: dict = {}
-    for name, r in results.items():
-        groups.setdefault(name.split("_seed")[0], []).append(r)
+    for name, r in sorted(results.items()):
+        group = groups.setdefault(name.split("_seed")[0], {})
+        seed = (r.get("config") or {}).get("seed", name)
+        group.setdefault(seed if isinstance(seed, int) else name, r)
     lines = []
-    for base, rs in sorted(groups.items()):
+    for base, by_seed in sorted(groups.items()):
+        rs = list(by_seed.values())
         if len(rs) < 2:
             continue
         err = torch.tensor([r["error_pct"] for r in rs], dtype=torch.float64)
@@ -112,8 +118,8 @@ def seed_summary(results: dict) -> list[str]:
     if not lines:
         return []
     return ["", "## Spread over training seeds", "",
-            "Rows `<row>_seed<k>` rerun `<row>` with `--seed k` (seed 0 is the row itself); "
-            "mean ± sample standard deviation.", "",
+            "Rows `<row>_seed<k>` rerun `<row>` with `--seed k` (seed 0 is the row itself; a second "
+            "row of one seed is counted once); mean ± sample standard deviation.", "",
             "| row | seeds | error % | log like | error range | log like range |",
             "|---|---|---|---|---|---|", *lines]
 

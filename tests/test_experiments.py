@@ -12,7 +12,9 @@ def _row(method, err, ll, **kw):
 
 
 def test_markdown_table_lists_rows_seed_numbers_notes_and_spread():
-    results = {"map": _row("map", 1.56, -588.6), "map_seed1": _row("map", 1.50, -560.0),
+    results = {"map": _row("map", 1.56, -588.6, config={"seed": 0}),
+               "map_seed1": _row("map", 1.50, -560.0, config={"seed": 1}),
+               "map_seed0": _row("map", 1.57, -590.0, config={"seed": 0}),  # a rerun: counted once
                "ensemble_20": _row("ensemble", 1.40, -480.0, note="twenty members")}
     md = mnist.markdown_table(results)
     assert "| map | map | 1.56 | -588.60 | 1.58 | -572.90 |" in md
