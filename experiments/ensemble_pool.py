@@ -89,6 +89,16 @@ def pooled_curve(logits: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
     return curve
 
 
+def member_scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """Each of a run's members scored on its own, ``logits`` ``(M, B, K)``: the mean, min and
+    max over the M members of the single-member error % and summed test log-likelihood."""
+    probs = torch.softmax(logits, -1)
+    err = torch.tensor([metrics.error_pct(p, y) for p in probs], dtype=torch.float64)
+    ll = torch.tensor([metrics.test_loglik_sum(p, y) for p in probs], dtype=torch.float64)
+    return {"error_pct": {"mean": float(err.mean()), "min": float(err.min()), "max": float(err.max())},
+            "test_loglik_sum": {"mean": float(ll.mean()), "min": float(ll.min()), "max": float(ll.max())}}
+
+
 def markdown(report: dict) -> str:
     lines = ["# Ensembles pooled from runs that differ only in their seed", "",
              f"Command: `{report['command']}` (commit {report['commit']}). Row k pools the members of the "
@@ -100,10 +110,14 @@ def markdown(report: dict) -> str:
               f"{c['nll_mean']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {c['mean_epistemic_entropy']:.4f} "
               f"| {c['logit_average']['error_pct']:.2f} / {c['logit_average']['test_loglik_sum']:.2f} |"
               for c in report["curve"]]
-    lines += ["", "| run | seed | members | train wall (s) | commit |", "|---|---|---|---|---|"]
-    lines += [f"| {r['path']} | {r['seed']} | {r['members']} | "
-              f"{'–' if r['train_wall_s'] is None else round(r['train_wall_s'])} | {r['commit']} |"
-              for r in report["runs"]]
+    lines += ["", "Members alone: each of the run's members scored on its own, mean (min – max) over them.", "",
+              "| run | seed | members | members alone: error % | members alone: log like | train wall (s) | commit |",
+              "|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        e, ll = r["member_alone"]["error_pct"], r["member_alone"]["test_loglik_sum"]
+        lines.append(f"| {r['path']} | {r['seed']} | {r['members']} | {e['mean']:.2f} ({e['min']:.2f} – {e['max']:.2f}) | "
+                     f"{ll['mean']:.1f} ({ll['min']:.1f} – {ll['max']:.1f}) | "
+                     f"{'–' if r['train_wall_s'] is None else round(r['train_wall_s'])} | {r['commit']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +148,8 @@ def main(argv=None) -> int:
     command = "python -m experiments.ensemble_pool " + " ".join(argv)
     run_rows = [{"path": str(r["path"]), "seed": r["cfg"]["seed"], "members": r["cfg"]["members"],
                  "train_wall_s": (r["metrics"] or {}).get("train_wall_s"),
-                 "commit": (r["metrics"] or {}).get("commit", "unknown")} for r in runs]
+                 "commit": (r["metrics"] or {}).get("commit", "unknown"), "member_alone": member_scores(lg, yt)}
+                for r, lg in zip(runs, logits)]
     report = {"command": command, "commit": cli.git_commit(), "curve": curve, "runs": run_rows}
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -258,6 +258,18 @@ def test_ensemble_pool_grows_run_by_run_and_starts_at_the_first_runs_evaluation(
     own = json.loads((tmp_path / "e0" / "metrics.json").read_text())
     for k in ("error_pct", "test_loglik_sum", "ece", "mean_epistemic_entropy"):
         assert curve[0][k] == pytest.approx(own[k], rel=1e-9, abs=1e-12), k
+    # each member of run e0 scored alone equals its own logits scored directly
+    import torch
+    from fbnn import cli, metrics
+    alone = report["runs"][0]["member_alone"]
+    assert alone["error_pct"]["min"] <= alone["error_pct"]["mean"] <= alone["error_pct"]["max"]
+    run0 = ensemble_pool.load_runs([runs[0]])[0]
+    x, _, xt, yt = cli._subsets(run0["cfg"], *cli.load_dataset("mnist")[:4])
+    logits = ensemble_pool.member_logits(run0, xt, x.shape[-1], x.shape[0], 10)
+    assert logits.shape == (2, 100, 10)
+    ll0, ll1 = (metrics.test_loglik_sum(torch.softmax(lg, -1), yt) for lg in logits)
+    assert alone["test_loglik_sum"]["mean"] == pytest.approx((ll0 + ll1) / 2, rel=1e-9)
+    assert alone["test_loglik_sum"]["max"] == pytest.approx(max(ll0, ll1), rel=1e-9)
     row = json.loads((res / "mnist.json").read_text())["ensemble_pooled"]
     assert row["n_samples"] == 6 and row["config"]["seed"] == [0, 1, 2]
     assert row["test_loglik_sum"] == curve[-1]["test_loglik_sum"]
