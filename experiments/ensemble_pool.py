@@ -10,8 +10,8 @@ are a 100-member ensemble, the seed script's default (SPEC 3.2, 8), trained in p
 fit well inside an hour. Writes ``results/ensemble_pool.json`` and ``.md``: the metrics of the
 first k runs pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation),
 and, beside them, those of the same members with their logits averaged instead of their
-probabilities (the default of the seed's ``sample_eval``); with ``--row-name``, also the whole
-pool as a row of ``results/mnist.json``.
+probabilities (the default of the seed's ``sample_eval``), and each run's members scored alone;
+with ``--row-name``, also the whole pool as a row of ``results/mnist.json``.
 """
 from __future__ import annotations
 
