@@ -93,10 +93,11 @@ def member_scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
     """Each of a run's members scored on its own, ``logits`` ``(M, B, K)``: the mean, min and
     max over the M members of the single-member error % and summed test log-likelihood."""
     probs = torch.softmax(logits, -1)
-    err = torch.tensor([metrics.error_pct(p, y) for p in probs], dtype=torch.float64)
-    ll = torch.tensor([metrics.test_loglik_sum(p, y) for p in probs], dtype=torch.float64)
-    return {"error_pct": {"mean": float(err.mean()), "min": float(err.min()), "max": float(err.max())},
-            "test_loglik_sum": {"mean": float(ll.mean()), "min": float(ll.min()), "max": float(ll.max())}}
+    scores = {}
+    for name, score in (("error_pct", metrics.error_pct), ("test_loglik_sum", metrics.test_loglik_sum)):
+        t = torch.tensor([score(p, y) for p in probs], dtype=torch.float64)
+        scores[name] = {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max())}
+    return scores
 
 
 def markdown(report: dict) -> str:

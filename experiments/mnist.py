@@ -103,8 +103,8 @@ def seed_summary(results: dict) -> list[str]:
     groups: dict = {}
     for name, r in sorted(results.items()):
         group = groups.setdefault(name.split("_seed")[0], {})
-        seed = (r.get("config") or {}).get("seed", name)
-        group.setdefault(seed if isinstance(seed, int) else name, r)
+        seed = (r.get("config") or {}).get("seed")
+        group.setdefault(seed if isinstance(seed, int) else name, r)  # no single seed: its own draw
     lines = []
     for base, by_seed in sorted(groups.items()):
         rs = list(by_seed.values())
