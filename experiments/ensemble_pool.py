@@ -1,17 +1,21 @@
 """Pool the members of ``fbnn train`` ensemble runs that differ only in their seed into one
-ensemble, and score it on the test set as it grows run by run.
+ensemble, or the kept samples of SG-MCMC runs that differ only in their seed into one
+multi-chain predictive, and score it on the test set as it grows run by run.
 
     python -m experiments.ensemble_pool runs/mnist/ensemble runs/mnist/ensemble_seed{1..9} \\
         --row-name ensemble_pooled
+    python -m experiments.ensemble_pool runs/mnist/psgld_seed{1..4} --report psgld_chain_pool
 
 Runs with different seeds draw their members' inits, Bernoulli subsets and shuffles from different keys,
 so their members are independent draws of one training procedure: ten 10-member runs pooled
 are a 100-member ensemble, the seed script's default (SPEC 3.2, 8), trained in pieces that each
-fit well inside an hour. Writes ``results/ensemble_pool.json`` and ``.md``: the metrics of the
-first k runs pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation),
-and, beside them, those of the same members with their logits averaged instead of their
-probabilities (the default of the seed's ``sample_eval``), and each run's members scored alone;
-with ``--row-name``, also the whole pool as a row of ``results/mnist.json``.
+fit well inside an hour. SG-MCMC runs with different seeds are independent chains: pooled, their
+kept samples are the predictive of parallel chains run one after another. Writes
+``results/ensemble_pool.json`` and ``.md`` (or ``--report``'s): the metrics of the first k runs
+pooled, k = 1..n in the order given (k = 1 is the first run's own evaluation), and, beside them,
+those of the same draws with their logits averaged instead of their probabilities (the default
+of the seed's ``sample_eval``), and each run's draws (members or samples) scored alone; with
+``--row-name``, also the whole pool as a row of ``results/mnist.json``.
 """
 from __future__ import annotations
 
@@ -32,15 +36,20 @@ from experiments import mnist
 RESULTS = mnist.RESULTS
 
 
+POOLABLE = ("ensemble", *cli.SAMPLERS)
+
+
 def load_runs(paths) -> list[dict]:
     """Checkpoint, config and (when present) ``metrics.json`` of each run directory; raises
-    ``ValueError`` unless every run is a finished ensemble, all with one config but their seeds."""
+    ``ValueError`` unless every run is a finished ensemble or SG-MCMC run, all with one config
+    but their seeds."""
     runs = []
     for path in map(Path, paths):
         ckpt = load_checkpoint(path / "checkpoint.pt")
         cfg = (ckpt.get("meta") or {}).get("config")
-        if cfg is None or cfg.get("method") != "ensemble":
-            raise ValueError(f"{path}: not an `fbnn train` ensemble run (method {cfg and cfg.get('method')!r})")
+        if cfg is None or cfg.get("method") not in POOLABLE:
+            raise ValueError(f"{path}: not an `fbnn train` ensemble or SG-MCMC run "
+                             f"(method {cfg and cfg.get('method')!r})")
         if ckpt["epoch"] < cfg["epochs"]:
             raise ValueError(f"{path}: unfinished, {ckpt['epoch']} of {cfg['epochs']} epochs trained "
                              "(finish it with --resume first)")
@@ -64,11 +73,14 @@ def load_runs(paths) -> list[dict]:
 
 
 def member_logits(run: dict, x: torch.Tensor, n_in: int, n_data: int, n_classes: int) -> torch.Tensor:
-    """``(M, B, K)`` logits of a run's ``M`` members on ``x``, as ``fbnn evaluate`` computes
-    them (the run's evaluation key, every member once)."""
+    """``(M, B, K)`` logits on ``x`` of a run's ``M`` draws as ``fbnn evaluate`` computes them:
+    an ensemble's members (the run's evaluation key, every member once) or an SG-MCMC run's
+    kept samples (every one, in the order kept)."""
     cfg = run["cfg"]
     model, method = cli.build(cfg, n_in, n_data, n_classes)
     cli._check_state_fits(model, method, cfg, run["ckpt"]["state"], run["path"])
+    if cfg["method"] in cli.SAMPLERS:
+        return cli._collected_outputs(model, (load_checkpoint(p) for p in run["ckpt"].get("collected", [])), x)
     k_eval = cli.run_keys(cfg["seed"])[2]
     return predictive(method, run["ckpt"]["state"], x, k_eval, cfg["members"], probs=False)
 
@@ -90,8 +102,9 @@ def pooled_curve(logits: list[torch.Tensor], y: torch.Tensor) -> list[dict]:
 
 
 def member_scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
-    """Each of a run's members scored on its own, ``logits`` ``(M, B, K)``: the mean, min and
-    max over the M members of the single-member error % and summed test log-likelihood."""
+    """Each of a run's draws (members or samples) scored on its own, ``logits`` ``(M, B, K)``:
+    the mean, min and max over the M draws of the single-draw error % and summed test
+    log-likelihood."""
     probs = torch.softmax(logits, -1)
     scores = {}
     for name, score in (("error_pct", metrics.error_pct), ("test_loglik_sum", metrics.test_loglik_sum)):
@@ -101,18 +114,21 @@ def member_scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Ensembles pooled from runs that differ only in their seed", "",
-             f"Command: `{report['command']}` (commit {report['commit']}). Row k pools the members of the "
+    chains = report.get("method", "ensemble") != "ensemble"
+    draws = "samples" if chains else "members"
+    lines = [f"# {'SG-MCMC chains' if chains else 'Ensembles'} pooled from runs that differ only in their seed", "",
+             f"Command: `{report['command']}` (commit {report['commit']}). Row k pools the {draws} of the "
              "first k runs below; row 1 is the first run's own evaluation.", "",
-             "| runs | members | error % | log like | NLL mean | Brier | ECE | epistemic entropy "
+             f"| runs | {draws} | error % | log like | NLL mean | Brier | ECE | epistemic entropy "
              "| logits averaged: error % / log like |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {c['runs']} | {c['members']} | {c['error_pct']:.2f} | {c['test_loglik_sum']:.2f} | "
               f"{c['nll_mean']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {c['mean_epistemic_entropy']:.4f} "
               f"| {c['logit_average']['error_pct']:.2f} / {c['logit_average']['test_loglik_sum']:.2f} |"
               for c in report["curve"]]
-    lines += ["", "Members alone: each of the run's members scored on its own, mean (min – max) over them.", "",
-              "| run | seed | members | members alone: error % | members alone: log like | train wall (s) | commit |",
+    lines += ["", f"{draws.capitalize()} alone: each of the run's {draws} scored on its own, mean (min – max) "
+              "over them.", "",
+              f"| run | seed | {draws} | {draws} alone: error % | {draws} alone: log like | train wall (s) | commit |",
               "|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         e, ll = r["member_alone"]["error_pct"], r["member_alone"]["test_loglik_sum"]
@@ -147,11 +163,12 @@ def main(argv=None) -> int:
     curve = pooled_curve(logits, yt)
     eval_s = time.perf_counter() - t0
     command = "python -m experiments.ensemble_pool " + " ".join(argv)
-    run_rows = [{"path": str(r["path"]), "seed": r["cfg"]["seed"], "members": r["cfg"]["members"],
+    run_rows = [{"path": str(r["path"]), "seed": r["cfg"]["seed"], "members": lg.shape[0],
                  "train_wall_s": (r["metrics"] or {}).get("train_wall_s"),
                  "commit": (r["metrics"] or {}).get("commit", "unknown"), "member_alone": member_scores(lg, yt)}
                 for r, lg in zip(runs, logits)]
-    report = {"command": command, "commit": cli.git_commit(), "curve": curve, "runs": run_rows}
+    report = {"command": command, "commit": cli.git_commit(), "method": cfg["method"], "curve": curve,
+              "runs": run_rows}
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     cli.write_json_atomic(out / f"{args.report}.json", report)
@@ -159,11 +176,12 @@ def main(argv=None) -> int:
     print(markdown(report))
     if args.row_name:
         whole = curve[-1]
+        pooled = {"members": whole["members"]} if cfg["method"] == "ensemble" else {"chains": len(run_rows)}
         mnist.record(args.row_name, {
             **whole, "n_samples": whole["members"], "epochs": cfg["epochs"], "eval_s": eval_s,
             "train_wall_s": sum(r["train_wall_s"] for r in run_rows),
             "commit": ",".join(dict.fromkeys(r["commit"] for r in run_rows)),
-            "config": {**cfg, "members": whole["members"], "seed": [r["seed"] for r in run_rows]}},
+            "config": {**cfg, **pooled, "seed": [r["seed"] for r in run_rows]}},
             command, out)
     return 0
 

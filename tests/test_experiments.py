@@ -281,6 +281,35 @@ def test_ensemble_pool_grows_run_by_run_and_starts_at_the_first_runs_evaluation(
         curve[-1]["logit_average"]["test_loglik_sum"], rel=1e-6)
 
 
+def test_ensemble_pool_pools_sgmcmc_chains_sample_by_sample(tmp_path):
+    import torch
+    from experiments import ensemble_pool
+    from fbnn import cli, metrics
+    for seed in (0, 1):
+        cli.main(["train", "--method", "psgld", "--dataset", "mnist", "--hidden", "16", "--lr", "1e-4",
+                  "--epochs", "3", "--collect-from", "0", "--thin", "1", "--keep", "2", "--subset", "300",
+                  "--test-subset", "100", "--batch-size", "64", "--seed", str(seed), "--out",
+                  str(tmp_path / f"c{seed}"), "--no-progress"])
+    res = tmp_path / "results"
+    runs = [str(tmp_path / f"c{s}") for s in (0, 1)]
+    assert ensemble_pool.main([*runs, "--results-dir", str(res), "--report", "chains", "--row-name", "psgld_2"]) == 0
+    report = json.loads((res / "chains.json").read_text())
+    assert report["method"] == "psgld"
+    assert [(c["runs"], c["members"]) for c in report["curve"]] == [(1, 2), (2, 4)]
+    own = json.loads((tmp_path / "c0" / "metrics.json").read_text())
+    for k in ("error_pct", "test_loglik_sum", "ece"):
+        assert report["curve"][0][k] == pytest.approx(own[k], rel=1e-9, abs=1e-12), k
+    run0 = ensemble_pool.load_runs([runs[0]])[0]
+    x, _, xt, yt = cli._subsets(run0["cfg"], *cli.load_dataset("mnist")[:4])
+    logits = ensemble_pool.member_logits(run0, xt, x.shape[-1], x.shape[0], 10)
+    assert logits.shape == (2, 100, 10)  # the two kept samples, not the config's ensemble size
+    kept = [metrics.test_loglik_sum(torch.softmax(lg, -1), yt) for lg in logits]
+    assert report["runs"][0]["member_alone"]["test_loglik_sum"]["min"] == pytest.approx(min(kept), rel=1e-9)
+    assert "| runs | samples |" in (res / "chains.md").read_text()
+    row = json.loads((res / "mnist.json").read_text())["psgld_2"]
+    assert row["n_samples"] == 4 and row["config"]["chains"] == 2 and row["config"]["seed"] == [0, 1]
+
+
 def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
     from experiments import ensemble_pool
     from fbnn import cli
@@ -292,7 +321,7 @@ def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
               "--test-subset", "100", "--out", str(tmp_path / "map"), "--no-progress"])
     res = tmp_path / "results"
     cases = {("a", "a"): "given more than once", ("a", "lr"): "lr=0.01",
-             ("a", "sub"): "batches=.*subset", ("a", "map"): "not an `fbnn train` ensemble"}
+             ("a", "sub"): "batches=.*subset", ("a", "map"): "not an `fbnn train` ensemble or SG-MCMC run"}
     for names, message in cases.items():
         with pytest.raises(ValueError, match=message):
             ensemble_pool.main([str(tmp_path / n) for n in names] + ["--results-dir", str(res)])
