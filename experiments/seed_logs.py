@@ -5,11 +5,14 @@ epoch, the training cross-entropy and error averaged over that epoch's minibatch
 taken before the step on it (``Jtr_pred``), and the test cross-entropy and error of the
 epoch's final weights (``Jdev``). For a sampler those are per-sample statistics of the chain;
 the K-FAC notebook also evaluates its MAP net and its Laplace predictive on the training set.
+For MAP, whose table number is one net's last epoch, the training curve shows whether our
+optimiser follows the seed's.
 Matching them shows whether a sampler or a posterior is the seed's, apart from the ensemble
 or predictive number the table compares, and nothing in it is chosen on the test set.
 
     python -m experiments.seed_logs chain sgld_seed1 psgld_seed1     # runs/mnist/<row>
     python -m experiments.seed_logs kfac runs/kfac_mnist runs/kfac_mnist_seed2
+    python -m experiments.seed_logs map map_seed5 map_seed6                 # runs/mnist/<row>
 
 ``chain``: the mean over the run's kept samples of the single-sample test cross-entropy and
 error (the seed's ``Jdev`` at the same epochs, 20, 22, ..., 198); the minibatch cross-entropy
@@ -20,7 +23,10 @@ figures averaged over windows of the run (``WINDOWS``), against the seed's Jdev 
 epochs, to show the chain moves along its run as the seed's does; and the averaging gain, the
 mean single-sample test CE less the predictive's, which grows as the samples disagree. ``kfac``: the MAP net and
 100 K-FAC Laplace samples (the seed's damping, hessian_diag_sig 0.15) on the test set and on
-``--n-train`` training images (sums scaled to 60,000, as the seed's). Results go to
+``--n-train`` training images (sums scaled to 60,000, as the seed's). ``map``: the training
+cross-entropy of every epoch, the mean over its minibatches each taken before its step (the
+seed's ``Jtr_pred``, notebooks/MAP_NN_MNIST.ipynb), read from the run's history, beside the
+last epoch's test figures (the seed's last ``Jdev``, its table row). Results go to
 ``results/seed_logs.json`` and ``results/seed_logs.md``.
 """
 from __future__ import annotations
@@ -66,6 +72,11 @@ SEED_KFAC = {"map_test": (-564.552979, 1.47), "map_train": (-42.213203, 0.0),
              "laplace_test": SEED_TABLE["kfac_laplace"], "laplace_train": (-7313.162598, 0.488333)}
 
 
+# notebooks/MAP_NN_MNIST.ipynb (93d5ee1): Jtr_pred of epochs 0..9; the table row is epoch 9's Jdev.
+SEED_MAP_TRAIN_CE = (0.234868, 0.083005, 0.049510, 0.032136, 0.020423, 0.011957, 0.007625, 0.003913,
+                     0.002451, 0.001193)
+
+
 def _ce_err(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and error % of logits ``(B, K)``."""
     lp = torch.log_softmax(logits, -1)
@@ -107,6 +118,21 @@ def chain_stats(run: Path, x, y, xt, yt, key) -> dict:
             "train_ce_during": ce / n, "train_err_during": err / n,
             "train_ce_last_sample": last_train[0], "train_err_last_sample": last_train[1],
             "extra_epoch_s": time.perf_counter() - t0}
+
+
+def map_stats(run: Path) -> dict:
+    """Per-epoch training cross-entropy of the MAP run in ``run`` (see the module doc)."""
+    info = json.loads((run / "metrics.json").read_text())
+    cfg = info["config"]
+    if cfg["method"] != "map" or cfg["reduction"] != "sum" or cfg["weight_decay"] != 0:
+        raise ValueError(f"seed_logs map: {run} is not a MAP run on the summed cross-entropy without weight "
+                         "decay, whose history holds the training cross-entropy alone")
+    n = cfg.get("subset") or N_TRAIN
+    steps = cli.steps_per_epoch(cfg, n)
+    history = load_checkpoint(run / "checkpoint.pt")["history"]
+    return {"method": "map", "n_test": cfg.get("test_subset") or 10000,
+            "train_ce_by_epoch": [h["loss"] * steps / n for h in history],  # mean of batch sums -> per image
+            "test": (info["test_loglik_sum"], info["error_pct"])}
 
 
 def window_means(epochs: list[int], figures: list[tuple[float, float]]) -> list:
@@ -221,6 +247,23 @@ def markdown(results: dict) -> str:
                     lines.append(f"| {row} | {cells(r['test_by_window'])} |")
             lines.append(f"| seed's {m} notebook | {cells(SEED_CHAIN_WINDOWS[m])} |")
         lines.append("")
+    maps = results.get("map", {})
+    if maps:
+        n_epochs = len(SEED_MAP_TRAIN_CE)
+        lines += ["## MAP: training cross-entropy by epoch, and the last epoch's net on the test set", "",
+                  "| run | " + " | ".join(f"epoch {e}" for e in range(n_epochs)) + " | test log lik / error % |",
+                  "|---|" + "---|" * (n_epochs + 1)]
+
+        def row(name, ces, test):
+            return f"| {name} | " + " | ".join(f"{c:.4f}" for c in ces) + f" | {test[0]:.1f} / {test[1]:.2f} |"
+        for run, r in sorted(maps.items()):
+            lines.append(row(run, r["train_ce_by_epoch"], r["test"]))
+        by_epoch = list(zip(*(r["train_ce_by_epoch"] for r in maps.values())))
+        lines.append("| runs: min – max | " + " | ".join(f"{min(c):.4f} – {max(c):.4f}" for c in by_epoch)
+                     + f" | {min(r['test'][0] for r in maps.values()):.1f} – "
+                     f"{max(r['test'][0] for r in maps.values()):.1f} |")
+        seed_ll, seed_err = SEED_TABLE["map"]
+        lines += [row("seed's notebook", SEED_MAP_TRAIN_CE, (seed_ll, seed_err)), ""]
     kfac = results.get("kfac", {})
     if kfac:
         lines += ["## K-FAC Laplace: MAP net and Laplace predictive, test and training set", "",
@@ -245,8 +288,8 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("chain", "kfac"))
-    p.add_argument("runs", nargs="+", help="chain: row names under --runs-dir; kfac: run directories")
+    p.add_argument("what", choices=("chain", "kfac", "map"))
+    p.add_argument("runs", nargs="+", help="chain, map: row names under --runs-dir; kfac: run directories")
     p.add_argument("--runs-dir", default="runs/mnist")
     p.add_argument("--n-train", type=int, default=10000, help="kfac: training images scored (<= 60000)")
     p.add_argument("--seed", type=int, default=0)
@@ -267,6 +310,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         if args.what == "chain":
             r = chain_stats(Path(args.runs_dir) / run, x, y, xt, yt, key)
+        elif args.what == "map":
+            r = map_stats(Path(args.runs_dir) / run)
         else:
             r = kfac_stats(Path(run), x, y, xt, yt, key, args.n_train)
         r["wall_s"] = time.perf_counter() - t0

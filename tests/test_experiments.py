@@ -173,6 +173,35 @@ def test_seed_logs_chain_scores_each_batch_before_its_step(tmp_path):
     assert json.loads(first)["chain"]["tiny"]["train_ce_during"] == r["train_ce_during"]
 
 
+def test_seed_logs_map_reads_the_training_cross_entropy_per_image(tmp_path):
+    """With a step too small to move the net, every epoch's training CE is the initial net's
+    mean CE over the training subset, a partial last batch included (300 = 4 x 64 + 44)."""
+    import torch
+    from experiments import seed_logs
+    from fbnn import cli, metrics
+    from fbnn.fit import load_checkpoint
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    common = ["--dataset", "mnist", "--hidden", "32", "--epochs", "2", "--subset", "300", "--test-subset", "100",
+              "--batch-size", "64", "--no-progress"]
+    cli.main(["train", "--method", "map", "--lr", "1e-14", "--out", str(runs / "tiny"), *common])
+    assert seed_logs.main(["map", "tiny", "--runs-dir", str(runs), "--results-dir", str(out)]) == 0
+    r = json.loads((out / "seed_logs.json").read_text())["map"]["tiny"]
+    ckpt = load_checkpoint(runs / "tiny" / "checkpoint.pt")
+    cfg = ckpt["meta"]["config"]
+    x, y = cli._subsets(cfg, *cli.load_dataset("mnist")[:4])[:2]
+    model, _ = cli.build(cfg, x.shape[-1], x.shape[0])
+    with torch.no_grad():
+        ce = -metrics.test_loglik_sum(torch.softmax(model.apply(ckpt["state"].params, x), -1), y) / 300
+    assert r["train_ce_by_epoch"] == pytest.approx([ce, ce], rel=1e-5)
+    own = json.loads((runs / "tiny" / "metrics.json").read_text())
+    assert r["test"] == [own["test_loglik_sum"], own["error_pct"]]
+    assert "| runs: min – max |" in (out / "seed_logs.md").read_text()
+    cli.main(["train", "--method", "sgld", "--lr", "1e-14", "--collect-from", "0", "--thin", "1", "--keep", "1",
+              "--out", str(runs / "chain"), *common])
+    with pytest.raises(ValueError, match="not a MAP run"):
+        seed_logs.main(["map", "chain", "--runs-dir", str(runs), "--results-dir", str(out)])
+
+
 def test_replay_epoch_takes_the_steps_resume_takes(tmp_path):
     """Replaying the epoch after a checkpoint ends on the parameters `--resume` reaches, bit for bit."""
     from experiments import replay_epoch
