@@ -12,6 +12,8 @@ those keys bit for bit.
 from __future__ import annotations
 
 import torch
+from torch._C._functorch import (_add_batch_dim, get_unwrapped, is_batchedtensor, is_functorch_wrapped_tensor,
+                                 maybe_current_level, maybe_get_bdim, maybe_get_level)
 
 __all__ = [
     "key", "split", "fold_in", "is_key", "seed_of",
@@ -42,9 +44,9 @@ def _check_key(k, who: str) -> None:
                         f"from fbnn.random.key), got {shape}")
 
 
-def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    # murmur3's 32-bit finaliser on int64 holding uint32 values; products are
-    # masked back to 32 bits (int64 wraps, and the low 32 bits are exact).
+def _fmix32(x):
+    # murmur3's 32-bit finaliser on uint32 values held in Python ints or int64 tensors;
+    # products are masked back to 32 bits (int64 wraps, and the low 32 bits are exact).
     x = x ^ (x >> 16)
     x = (x * 0x85EBCA6B) & _MASK32
     x = x ^ (x >> 13)
@@ -52,25 +54,39 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def _mix(words: torch.Tensor) -> torch.Tensor:
-    """Two rounds of a two-word hash: ``(..., 2) -> (..., 2)``."""
-    a, b = words[..., 0] & _MASK32, words[..., 1] & _MASK32
+# The hash below is written once for both Python ints (one plain key: a few microseconds)
+# and int64 tensors (batches of keys, keys under vmap); both give the same words bit for bit.
+
+def _mix2(a, b):
+    """Two rounds of a two-word hash."""
+    a, b = a & _MASK32, b & _MASK32
     for c in (0x9E3779B9, 0x7F4A7C15):
         a = _fmix32(a ^ ((b * 0x27D4EB2F + c) & _MASK32))
         b = _fmix32(b ^ ((a * 0x165667B1 + c) & _MASK32))
-    return torch.stack([a, b], dim=-1)
+    return a, b
+
+
+def _fold_in2(a, b, d):
+    lo, hi = d & _MASK32, (d >> 32) & _MASK32
+    a, b = _mix2(a ^ lo, (b + lo * 0x2545F491) & _MASK32)
+    return _mix2(a ^ hi, (b + hi * 0x5851F42D + 1) & _MASK32)
+
+
+def _split2(a, b, counter):
+    return _mix2(a ^ counter, (b + counter * 0x2545F491 + 1) & _MASK32)
+
+
+def _mix(words: torch.Tensor) -> torch.Tensor:
+    """``(..., 2) -> (..., 2)``."""
+    return torch.stack(_mix2(words[..., 0], words[..., 1]), dim=-1)
 
 
 def _fold_in(k: torch.Tensor, d: torch.Tensor, num: int) -> torch.Tensor:
-    lo, hi = d & _MASK32, (d >> 32) & _MASK32
-    k = _mix(torch.stack([k[..., 0] ^ lo, (k[..., 1] + lo * 0x2545F491) & _MASK32], dim=-1))
-    return _mix(torch.stack([k[..., 0] ^ hi, (k[..., 1] + hi * 0x5851F42D + 1) & _MASK32], dim=-1))
+    return torch.stack(_fold_in2(k[..., 0], k[..., 1], d), dim=-1)
 
 
 def _split(k: torch.Tensor, d: torch.Tensor, num: int) -> torch.Tensor:
-    counters = torch.arange(num, dtype=torch.int64)
-    hi, lo = k[..., 0:1], k[..., 1:2]
-    return _mix(torch.stack([hi ^ counters, (lo + counters * 0x2545F491 + 1) & _MASK32], dim=-1))
+    return torch.stack(_split2(k[..., 0:1], k[..., 1:2], torch.arange(num, dtype=torch.int64)), dim=-1)
 
 
 def _key_op(k, d, op, num):
@@ -86,11 +102,27 @@ def _key_op(k, d, op, num):
     return _lift(run, [k, d])
 
 
+_INT64 = range(-(1 << 63), 1 << 63)
+_FAST_SPLIT = 16  # up to this many subkeys, Python ints beat a tensor op's overhead
+
+
+def _plain_words(k: torch.Tensor):
+    """The two words of a single key outside every transform, else None."""
+    return k.tolist() if k.dim() == 1 and not is_functorch_wrapped_tensor(k) else None
+
+
 def fold_in(k: torch.Tensor, data) -> torch.Tensor:
     """A new key from ``k`` and an integer (or int64 tensor) ``data``: ``(2,) -> (2,)``.
 
     All 64 bits of ``data`` count: the low word is folded in, mixed, then the high word."""
     _check_key(k, "fold_in")
+    words = _plain_words(k)
+    if words is not None:
+        if isinstance(data, torch.Tensor) and data.dim() == 0 and not is_functorch_wrapped_tensor(data) \
+                and not data.dtype.is_floating_point:
+            data = int(data)
+        if isinstance(data, int) and data in _INT64:
+            return torch.tensor(_fold_in2(*words, data), dtype=torch.int64)
     return _key_op(k, torch.as_tensor(data, dtype=torch.int64), _fold_in, 0)
 
 
@@ -99,6 +131,9 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     _check_key(k, "split")
     if num < 1:
         raise ValueError(f"split: num must be >= 1, got {num}")
+    words = _plain_words(k) if num <= _FAST_SPLIT else None
+    if words is not None:
+        return torch.tensor([_split2(*words, i) for i in range(num)], dtype=torch.int64)
     return _key_op(k, torch.zeros((), dtype=torch.int64), _split, num)
 
 
@@ -133,11 +168,6 @@ def _draw_concrete(k, kind, shape, dtype, arg):
     if kind == "gamma":
         return torch._standard_gamma(torch.full(shape, arg, dtype=torch.float64), generator=g).to(dtype)
     raise ValueError(f"unknown draw kind {kind!r}")
-
-
-from torch._C._functorch import (_add_batch_dim, get_unwrapped, is_batchedtensor,  # noqa: E402
-                                 is_functorch_wrapped_tensor, maybe_current_level, maybe_get_bdim,
-                                 maybe_get_level)
 
 
 def _peel(x: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,31 @@ def test_fold_in_distinct_and_deterministic():
         assert torch.equal(batched[i], fr.fold_in(k, i))
 
 
+def test_keys_are_pinned_across_versions():
+    """The words every derived key has had since the first release: results files name seeds,
+    and the same seed must keep giving the same run."""
+    k = fr.key(0)
+    assert k.tolist() == [2388965617, 2849410560]
+    assert fr.split(k, 3).tolist() == [[3039382036, 3786295195], [779653467, 1005006457], [939736459, 4156741543]]
+    assert fr.fold_in(k, 7).tolist() == [3887868266, 4016767151]
+
+
+@pytest.mark.parametrize("data", [0, 1, -1, 7, 2**31 + 3, 2**32, -(2**62) - 5, 2**63 - 1, -(2**63)])
+def test_plain_key_fast_path_equals_the_tensor_hash(data):
+    """A single key outside every transform is hashed in Python ints; batches and keys under
+    vmap go through int64 tensors. Both give the same words, for any 64-bit data and for
+    keys whose words lie outside [0, 2^32)."""
+    odd = torch.tensor([-(2**62) + 12345, 2**62 + 99], dtype=torch.int64)
+    for k in (fr.key(3), fr.key(2**64 - 1), odd):
+        two = torch.stack([k, k])  # a batch of keys: the tensor path
+        assert torch.equal(fr.fold_in(k, data), fr.fold_in(two, data)[0])
+        assert torch.equal(fr.fold_in(k, torch.tensor(data)), fr.fold_in(two, data)[1])
+        assert torch.equal(fr.fold_in(k, data), vmap(lambda kk: fr.fold_in(kk, data))(two)[0])
+        for num in (1, 2, 16, 17):
+            assert torch.equal(fr.split(k, num), fr.split(two, num)[0])
+            assert torch.equal(fr.split(k, num), vmap(lambda kk: fr.split(kk, num))(two)[1])
+
+
 @pytest.mark.parametrize("i, j", [(0, 2**32), (-1, 2**32 - 1)])
 def test_fold_in_uses_all_bits_of_data(i, j):
     k = fr.key(0)
