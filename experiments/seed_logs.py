@@ -171,9 +171,11 @@ def seed_procedure_probs(params: dict, state, x, key, n_samples: int, n_data: in
     return probs / n_samples
 
 
-def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100) -> dict:
-    """MAP and K-FAC Laplace (the seed's damping) of the ``experiments.kfac_mnist`` run in
-    ``run``, on the test set and on ``n_train`` training images (sums scaled to 60,000)."""
+def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100,
+               hessian_diag_sig: float = HESSIAN_DIAG_SIG) -> dict:
+    """MAP and K-FAC Laplace (the seed's damping, with prior precision ``1 / hessian_diag_sig^2``)
+    of the ``experiments.kfac_mnist`` run in ``run``, on the test set and on ``n_train``
+    training images (sums scaled to 60,000)."""
     caches = sorted(run.glob("kfac_ggn_epoch*_n*.pt"))
     if len(caches) != 1:
         raise FileNotFoundError(f"seed_logs: expected one K-FAC factor file kfac_ggn_epoch<E>_n<N>.pt in {run} "
@@ -184,8 +186,7 @@ def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100)
     model = models.mlp([x.shape[1]] + [params[f"fc{i}.weight"].shape[0] for i in range(n_layers)])
     state = load_checkpoint(caches[0])["state"]
     la = fl.kfac_laplace(model, likelihoods.categorical(), damping="ritter",
-                         prior_precision=1 / HESSIAN_DIAG_SIG ** 2,
-                         n_data=n_data)
+                         prior_precision=1 / hessian_diag_sig ** 2, n_data=n_data)
     sub = fr.permutation(fr.fold_in(key, 2), x.shape[0])[:n_train]
     xs, ys, scale = x[sub], y[sub], N_TRAIN / n_train
 
@@ -193,13 +194,14 @@ def kfac_stats(run: Path, x, y, xt, yt, key, n_train: int, n_samples: int = 100)
         return metrics.test_loglik_sum(probs, yy) * factor, metrics.error_pct(probs, yy)
 
     out = {"map_epoch": epoch, "n_data": n_data, "n_train": n_train, "n_samples": n_samples,
+           "hessian_diag_sig": hessian_diag_sig,
            "map_test": sums(torch.softmax(_apply_chunked(model, params, xt), -1), yt),
            "map_train": sums(torch.softmax(_apply_chunked(model, params, xs), -1), ys, scale)}
     samples = la.sample(state, fr.fold_in(key, 3), n_samples)
     out["laplace_test"] = sums(predict_probs(model, samples, xt).mean(0), yt)
     out["laplace_train"] = sums(predict_probs(model, samples, xs).mean(0), ys, scale)
     out["laplace_test_seed_procedure"] = sums(seed_procedure_probs(params, state, xt, fr.fold_in(key, 4),
-                                                                   n_samples, n_data), yt)
+                                                                   n_samples, n_data, hessian_diag_sig), yt)
     return out
 
 
@@ -270,7 +272,8 @@ def markdown(results: dict) -> str:
                   "Log-likelihoods are sums over the 10,000 test images and, on the training set, over "
                   "`n_train` images scaled to 60,000.", "",
                   "`Laplace test, seed's procedure`: other draws from the same factors through the notebook's "
-                  "sampler written out on its own (`seed_procedure_probs`), a check of `fbnn`'s.", "",
+                  "sampler written out on its own (`seed_procedure_probs`), a check of `fbnn`'s. Rows marked "
+                  "`(sig s)` damp with prior precision 1 / s^2 in place of the notebook's hessian_diag_sig 0.15.", "",
                   "| run | MAP epoch | MAP test | MAP train | Laplace test | Laplace train "
                   "| Laplace test, seed's procedure |", "|---|---|---|---|---|---|---|"]
 
@@ -292,6 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", help="chain, map: row names under --runs-dir; kfac: run directories")
     p.add_argument("--runs-dir", default="runs/mnist")
     p.add_argument("--n-train", type=int, default=10000, help="kfac: training images scored (<= 60000)")
+    p.add_argument("--hessian-diag-sig", type=float, default=HESSIAN_DIAG_SIG,
+                   help="kfac: the prior's sigma in the seed's damping (default: the notebook's 0.15); "
+                        "other values are kept as rows of their own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results-dir", default=str(RESULTS))
@@ -299,6 +305,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if not args.hessian_diag_sig > 0:
+        p.error(f"--hessian-diag-sig must be > 0, got {args.hessian_diag_sig}")
     if not 0 < args.n_train <= N_TRAIN:
         p.error(f"--n-train must be in 1..{N_TRAIN}, got {args.n_train}")
     x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
@@ -313,11 +321,12 @@ def main(argv=None) -> int:
         elif args.what == "map":
             r = map_stats(Path(args.runs_dir) / run)
         else:
-            r = kfac_stats(Path(run), x, y, xt, yt, key, args.n_train)
+            r = kfac_stats(Path(run), x, y, xt, yt, key, args.n_train, hessian_diag_sig=args.hessian_diag_sig)
         r["wall_s"] = time.perf_counter() - t0
         r["command"] = "python -m experiments.seed_logs " + " ".join(argv if argv is not None else sys.argv[1:])
         r["commit"] = cli.git_commit()
-        section[run] = r
+        damped = args.what == "kfac" and args.hessian_diag_sig != HESSIAN_DIAG_SIG
+        section[f"{run} (sig {args.hessian_diag_sig:g})" if damped else run] = r
         print(run, json.dumps(r), flush=True)
         cli.write_json_atomic(out_json, results)
         cli.write_text_atomic(Path(args.results_dir) / "seed_logs.md", markdown(results))

@@ -261,6 +261,16 @@ def test_seed_logs_kfac_reads_the_factors_of_a_kfac_run(tmp_path):
     seeds = seed_logs.seed_procedure_probs(params, state, xt, fr.key(2), 1000, 1000)
     assert float((ours - seeds).abs().max()) < 0.06
     assert "seed's notebook" in (out / "seed_logs.md").read_text()
+    # a tiny prior sigma damps the posterior onto the MAP net: both predictives give its numbers
+    assert seed_logs.main(["kfac", str(run), "--n-train", "500", "--results-dir", str(out),
+                           "--hessian-diag-sig", "1e-4"]) == 0
+    tight = json.loads((out / "seed_logs.json").read_text())["kfac"][f"{run} (sig 0.0001)"]
+    assert tight["hessian_diag_sig"] == 1e-4
+    for which in ("laplace_test", "laplace_test_seed_procedure"):
+        assert tight[which][0] == pytest.approx(r["map_test"][0], rel=1e-3)
+    assert json.loads((out / "seed_logs.json").read_text())["kfac"][str(run)] == r  # the 0.15 row is kept
+    with pytest.raises(SystemExit):
+        seed_logs.main(["kfac", str(run), "--results-dir", str(out), "--hessian-diag-sig", "0"])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="kfac_ggn_epoch"):
