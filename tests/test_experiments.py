@@ -369,3 +369,10 @@ def test_ensemble_pool_refuses_runs_it_cannot_pool(tmp_path):
     with pytest.raises(ValueError, match="unfinished, 0 of 1 epochs"):
         ensemble_pool.main([str(tmp_path / "a"), "--results-dir", str(res)])
     assert not res.exists()  # nothing half-written
+
+
+def test_keys_benchmark_checks_both_paths_agree(capsys):
+    from experiments.benchmarks import keys
+    assert keys.main(["--calls", "5", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in keys.cases(keys.fr.key(0)))
