@@ -3,9 +3,9 @@
 A key is an int64 tensor of shape ``(2,)`` holding two 32-bit words. ``split`` and
 ``fold_in`` derive new keys by hashing with plain integer arithmetic (Python ints for
 a single key outside every transform, int64 tensors otherwise, the same words either
-way), so they work under ``vmap`` and ``grad``. Every draw seeds a private ``torch.Generator`` from the
-key: the same key gives bitwise the same numbers, and torch's global RNG is never
-read or changed. Under ``vmap`` key arithmetic and draws run once on the plain batch
+way), so they work under ``vmap`` and ``grad``. Every draw seeds a private
+``torch.Generator`` from the key: the same key gives bitwise the same numbers, and
+torch's global RNG is never read or changed. Under ``vmap`` key arithmetic and draws run once on the plain batch
 of keys behind the batched tensors (``_lift``), so a function that draws from a key
 can be ``vmap``-ed over a batch of keys, and the result equals a Python loop over
 those keys bit for bit.
