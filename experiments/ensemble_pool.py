@@ -80,7 +80,7 @@ def member_logits(run: dict, x: torch.Tensor, n_in: int, n_data: int, n_classes:
     model, method = cli.build(cfg, n_in, n_data, n_classes)
     cli._check_state_fits(model, method, cfg, run["ckpt"]["state"], run["path"])
     if cfg["method"] in cli.SAMPLERS:
-        return cli._collected_outputs(model, (load_checkpoint(p) for p in run["ckpt"].get("collected", [])), x)
+        return cli._collected_outputs(model, cli.collected_draws(run["ckpt"]), x)
     k_eval = cli.run_keys(cfg["seed"])[2]
     return predictive(method, run["ckpt"]["state"], x, k_eval, cfg["members"], probs=False)
 

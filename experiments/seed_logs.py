@@ -309,7 +309,8 @@ def main(argv=None) -> int:
         p.error(f"--hessian-diag-sig must be > 0, got {args.hessian_diag_sig}")
     if not 0 < args.n_train <= N_TRAIN:
         p.error(f"--n-train must be in 1..{N_TRAIN}, got {args.n_train}")
-    x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
+    if args.what != "map":  # map reads histories only
+        x, y, xt, yt, _ = cli.load_dataset("mnist", args.data_dir)
     key = fr.key(args.seed)
     out_json = Path(args.results_dir) / "seed_logs.json"
     results = load_results(out_json)

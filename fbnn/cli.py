@@ -146,6 +146,11 @@ def default_eval_samples(cfg: dict) -> int:
 
 # --- evaluation ---------------------------------------------------------------------------
 
+def collected_draws(ckpt: dict):
+    """The draws an SG-MCMC checkpoint lists under ``collected``, loaded one at a time."""
+    return (load_checkpoint(p) for p in ckpt.get("collected", []))
+
+
 def _collected_outputs(model, collections, x) -> torch.Tensor:
     """``(S, B, ...)`` model outputs of every collected draw, one collection at a time."""
     outs = [predict(model, Samples(*draw), x) for draw in collections]
@@ -329,7 +334,7 @@ def cmd_evaluate(args) -> dict:
     key = run_keys(args.seed if args.seed is not None else cfg["seed"])[2]
     collections = None
     if cfg["method"] in SAMPLERS:
-        collections = (load_checkpoint(p) for p in ckpt.get("collected", []))
+        collections = collected_draws(ckpt)
     out = evaluate_run(method, ckpt["state"], xt, yt, key,
                        args.samples or default_eval_samples(cfg), info, collections)
     out.update({"epochs_trained": ckpt["epoch"], "checkpoint": str(path)})

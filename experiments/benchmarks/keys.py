@@ -12,21 +12,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
+from experiments.benchmarks.foundation import timed
 from fbnn import random as fr
 
 
 def per_call_us(fn, calls: int, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(calls):
-            fn(i)
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
+    times, _ = timed(lambda _: [fn(i) for i in range(calls)], repeats)
+    return statistics.median(times) / calls * 1e6
 
 
 def cases(k: torch.Tensor) -> dict:
