@@ -31,7 +31,9 @@ def replay(run: Path, data_dir=None):
     if method.streams != 1:
         raise ValueError(f"replay_epoch: {run} trains {method.streams} streams; only single-stream runs replay")
     state = ckpt["state"]
-    for i, idx, step_key in epoch_batches(cli.run_keys(cfg["seed"])[1], ckpt["epoch"], x.shape[0], cfg["batch_size"]):
+    order = cli.run_order(cfg, cli.mlp_sizes(cfg, x.shape[-1], info.get("n_classes", 10)), x.shape[0])
+    for i, idx, step_key in epoch_batches(cli.run_keys(cfg["seed"])[1], ckpt["epoch"], x.shape[0], cfg["batch_size"],
+                                          order=order):
         before = tree.clone(state.params)  # a step may update in place
         state, step_info = method.step(state, Batch(x[idx], y[idx], idx), step_key)
         norm = float(tree.norm(tree.astype(tree.sub(state.params, before), torch.float64)))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import likelihoods, methods, metrics, models, optim, priors, tree
+from . import likelihoods, methods, metrics, models, optim, priors, torch_draws, tree
 from . import random as fr
 from .fit import Collector, atomic_write, fit, load_checkpoint
 from .methods.base import Samples
@@ -130,10 +130,33 @@ def _collector(cfg: dict, directory) -> Collector | None:
     return Collector(burn_in=cfg["collect_from"], thin=cfg["thin"], capacity=cfg["keep"], directory=directory)
 
 
-def _init_params(model, cfg, key):
+def _init_params(model, cfg, key, sizes):
+    if cfg.get("torch_seed") is not None:
+        return torch_draws.linear_params(sizes, torch_draws.generator(cfg["torch_seed"]))
     if cfg["method"] == "ensemble":
         return methods.init_members(model, key, cfg["members"])
     return model.init(key)
+
+
+def mlp_sizes(cfg: dict, n_in: int, n_out: int) -> list:
+    return [n_in, *cfg["hidden"], n_out]
+
+
+def run_order(cfg: dict, sizes, n: int):
+    """The example order of a ``--torch-seed`` run (``fit``'s ``order``), else ``None``: a
+    torch-1.0 script's DataLoader after its net's init, one test pass per epoch (the seed's)."""
+    if cfg.get("torch_seed") is None:
+        return None
+    return torch_draws.DataLoaderOrder(cfg["torch_seed"], n, torch_draws.n_words(sizes))
+
+
+def _check_torch_seed(cfg: dict) -> None:
+    if cfg.get("torch_seed") is None:
+        return
+    if cfg["model"] != "mlp" or cfg["dataset"] in REGRESSION_DATASETS or cfg["method"] == "ensemble":
+        raise ValueError("--torch-seed replays a PyTorch script's nn.Linear init and DataLoader order: it needs "
+                         f"a classification mlp trained as one stream (got model {cfg['model']!r}, dataset "
+                         f"{cfg['dataset']!r}, method {cfg['method']!r})")
 
 
 def default_eval_samples(cfg: dict) -> int:
@@ -228,7 +251,8 @@ def git_commit() -> str:
 
 
 def _check_state_fits(model, method, cfg, state, ckpt_path) -> None:
-    expected = method.init(fr.key(0), _init_params(model, cfg, fr.key(0)))
+    shapes_cfg = {k: v for k, v in cfg.items() if k != "torch_seed"}  # the same shapes, from a key
+    expected = method.init(fr.key(0), _init_params(model, shapes_cfg, fr.key(0), None))
     got_shapes = [tuple(t.shape) for t in tree.leaves(state) if isinstance(t, torch.Tensor)]
     want_shapes = [tuple(t.shape) for t in tree.leaves(expected) if isinstance(t, torch.Tensor)]
     if got_shapes != want_shapes:
@@ -254,6 +278,8 @@ def _run_config(args) -> dict:
     cfg.update({k: getattr(args, k) for k in ("subset", "test_subset") if getattr(args, k, None) is not None})
     if args.batches != "independent":  # only when set, so older runs' configs still compare equal
         cfg["batches"] = args.batches
+    if args.torch_seed is not None:
+        cfg["torch_seed"] = args.torch_seed
     return cfg
 
 
@@ -282,6 +308,7 @@ def run_keys(seed: int):
 def cmd_train(args) -> dict:
     cfg = _run_config(args)
     _check_sampler_schedule(cfg)
+    _check_torch_seed(cfg)
     x, y, xt, yt, info = load_dataset(args.dataset, args.data_dir, args.split)
     x, y, xt, yt = _subsets(cfg, x, y, xt, yt)
     model, method = build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
@@ -296,7 +323,8 @@ def cmd_train(args) -> dict:
         if changed:
             raise ValueError(f"--resume: {ckpt} was trained with other settings: "
                              + ", ".join(f"{k}={old.get(k)!r} (now {cfg[k]!r})" for k in changed))
-    state = method.init(k_init, _init_params(model, cfg, k_init))
+    sizes = mlp_sizes(cfg, x.shape[-1], info.get("n_classes", 10))
+    state = method.init(k_init, _init_params(model, cfg, k_init, sizes))
     n_eval = args.eval_samples or default_eval_samples(cfg)
     commit = git_commit()  # the code this run starts with
     eval_fn = None
@@ -307,7 +335,8 @@ def cmd_train(args) -> dict:
     result = fit(method, state, (x, y), k_fit, epochs=args.epochs, batch_size=args.batch_size,
                  eval_fn=eval_fn, eval_every=max(args.eval_every, 1), collector=collector,
                  checkpoint=ckpt, resume=args.resume, progress=not args.no_progress,
-                 meta={"config": cfg}, description=f"{args.method} {args.dataset}")
+                 meta={"config": cfg}, description=f"{args.method} {args.dataset}",
+                 order=run_order(cfg, sizes, x.shape[0]))
     collections = collector.iter_samples() if collector is not None else None
     metrics_out = evaluate_run(method, result.state, xt, yt, k_eval, n_eval, info, collections)
     metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
@@ -436,6 +465,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--test-subset", type=_positive_int, default=None, help="evaluate on the first N test examples")
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--torch-seed", type=int, default=None,
+                   help="replay a PyTorch script that calls torch.manual_seed(S) and builds nn.Linear layers: "
+                        "start from the parameters torch draws there, and visit the data in the order of its "
+                        "torch-1.0 DataLoader(shuffle=True) with one test pass per epoch (the seed notebooks'); "
+                        "a private generator, never the global one. Other draws still come from --seed")
     t.add_argument("--eval-samples", type=int, default=None,
                    help="posterior samples for the test predictive (default: 1 MAP, 100 MC dropout, "
                         "members for an ensemble; samplers use every kept sample)")

@@ -144,11 +144,13 @@ def _orders(shuffle_key, n: int, streams: int) -> torch.Tensor:
     return torch.stack([fr.permutation(k, n) for k in fr.split(shuffle_key, streams)])
 
 
-def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int = 1, drop_last: bool = False):
+def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int = 1, drop_last: bool = False,
+                  order: Callable | None = None):
     """One epoch's minibatches as ``fit`` takes them: ``(i, idx, step_key)`` per step, ``idx``
-    ``(B,)``, or ``(streams, B)`` for independent shuffles."""
+    ``(B,)``, or ``(streams, B)`` for independent shuffles; ``order(epoch)`` in place of the
+    key's shuffle when given (see ``fit``)."""
     shuffle_key, step_base = epoch_keys(key, epoch)
-    order = _orders(shuffle_key, n, streams)
+    order = _orders(shuffle_key, n, streams) if order is None else _given_order(order, epoch, n)
     for i, (lo, hi) in enumerate(_batches(n, batch_size, drop_last)):
         yield i, order[..., lo:hi], fr.fold_in(step_base, i)
 
@@ -179,13 +181,24 @@ def _subset_steps(subsets, batch_size: int, drop_last: bool) -> int:
     return max(math.ceil(m / batch_size) for m in sizes)
 
 
-def _epoch(key, epoch, n, batch_size, streams, drop_last, subsets):
+def _given_order(order: Callable, epoch: int, n: int) -> torch.Tensor:
+    """``order(epoch)``, checked to be a permutation of ``range(n)``."""
+    perm = order(epoch)
+    if (not isinstance(perm, torch.Tensor) or perm.shape != (n,) or perm.dtype != torch.int64
+            or not torch.equal(perm.sort().values, torch.arange(n))):
+        raise ValueError(f"fit: order({epoch}) must be an int64 permutation of range({n}), got "
+                         + (f"shape {tuple(perm.shape)}, dtype {perm.dtype}" if isinstance(perm, torch.Tensor)
+                            else type(perm).__name__))
+    return perm
+
+
+def _epoch(key, epoch, n, batch_size, streams, drop_last, subsets, order=None):
     """``(i, idx, weight, step_key)`` per step: ``epoch_batches`` (weight ``None``) or
     ``subset_epoch_batches``."""
     if subsets is not None:
         yield from subset_epoch_batches(key, epoch, subsets, batch_size, drop_last)
         return
-    for i, idx, step_key in epoch_batches(key, epoch, n, batch_size, streams, drop_last):
+    for i, idx, step_key in epoch_batches(key, epoch, n, batch_size, streams, drop_last, order):
         yield i, idx, None, step_key
 
 
@@ -201,13 +214,16 @@ def _check_finite(info: dict, epoch: int, step: int, global_step: int) -> float:
 def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Callable | None = None,
         eval_every: int = 1, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         collector: Collector | None = None, progress: bool = True, drop_last: bool = False,
-        description: str | None = None, meta: dict | None = None) -> FitResult:
+        description: str | None = None, meta: dict | None = None, order: Callable | None = None) -> FitResult:
     """Train ``state`` with ``method`` on ``data = (x, y)`` for ``epochs`` epochs.
 
     ``eval_fn(state, epoch) -> dict`` runs every ``eval_every`` epochs and its numbers go
     into the history and the progress bar. ``checkpoint``: a file path written after
     every epoch; with ``resume=True`` an existing checkpoint is continued (its run
-    settings must match). Returns ``FitResult(state, history, samples)``.
+    settings must match). ``order(epoch) -> (n,)``: that epoch's example order in place of
+    the shuffle drawn from ``key`` (to replay another program's data order, e.g.
+    ``torch_draws.DataLoaderOrder``); a function of the epoch alone, so that resume is exact,
+    whose ``repr`` is kept with the run settings. Returns ``FitResult(state, history, samples)``.
     """
     x, y = data
     n = x.shape[0]
@@ -226,8 +242,13 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
         raise ValueError(f"fit: no stream has a full batch of {batch_size} examples with drop_last=True")
     if collector is not None:
         collector.validate(epochs, n_steps)
+    if order is not None and (streams > 1 or subsets is not None):
+        raise ValueError(f"fit: order gives one example order per epoch; method {method.name!r} trains "
+                         f"{streams} streams{' on subsets' if subsets is not None else ''}, each with its own")
     settings = {"method": method.name, "n": n, "batch_size": batch_size, "drop_last": drop_last,
                 "key": key.tolist()}
+    if order is not None:
+        settings["order"] = repr(order)
     if streams > 1:
         settings["streams"] = streams
     if subsets is not None:
@@ -251,7 +272,7 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
     for epoch in range(start_epoch, epochs):
         losses = []
         t_epoch = time.perf_counter()
-        for i, idx, weight, step_key in _epoch(key, epoch, n, batch_size, streams, drop_last, subsets):
+        for i, idx, weight, step_key in _epoch(key, epoch, n, batch_size, streams, drop_last, subsets, order):
             state, info = method.step(state, Batch(x[idx], y[idx], idx, weight), step_key)
             global_step = epoch * n_steps + i
             losses.append(_check_finite(info, epoch, i, global_step))
