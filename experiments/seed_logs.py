@@ -75,6 +75,9 @@ SEED_KFAC = {"map_test": (-564.552979, 1.47), "map_train": (-42.213203, 0.0),
 # notebooks/MAP_NN_MNIST.ipynb (93d5ee1): Jtr_pred of epochs 0..9; the table row is epoch 9's Jdev.
 SEED_MAP_TRAIN_CE = (0.234868, 0.083005, 0.049510, 0.032136, 0.020423, 0.011957, 0.007625, 0.003913,
                      0.002451, 0.001193)
+# ... and Jdev, err of epochs 0..9: mean test cross-entropy and error % of each epoch's net.
+SEED_MAP_DEV = ((0.119621, 3.81), (0.074746, 2.46), (0.067373, 2.06), (0.068393, 2.07), (0.066524, 2.01),
+                (0.063032, 1.86), (0.061786, 1.76), (0.062205, 1.72), (0.058446, 1.52), (0.057291, 1.58))
 
 
 def _ce_err(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -130,9 +133,14 @@ def map_stats(run: Path) -> dict:
     n = cfg.get("subset") or N_TRAIN
     steps = cli.steps_per_epoch(cfg, n)
     history = load_checkpoint(run / "checkpoint.pt")["history"]
-    return {"method": "map", "n_test": cfg.get("test_subset") or 10000,
-            "train_ce_by_epoch": [h["loss"] * steps / n for h in history],  # mean of batch sums -> per image
-            "test": (info["test_loglik_sum"], info["error_pct"])}
+    out = {"method": "map", "n_test": cfg.get("test_subset") or 10000,
+           "train_ce_by_epoch": [h["loss"] * steps / n for h in history],  # mean of batch sums -> per image
+           "test": (info["test_loglik_sum"], info["error_pct"])}
+    if cfg.get("torch_seed") is not None:
+        out["torch_seed"] = cfg["torch_seed"]
+    if all("dev_nll_mean" in h for h in history):  # runs with --eval-every 1
+        out["dev_by_epoch"] = [(h["dev_nll_mean"], h["dev_error_pct"]) for h in history]
+    return out
 
 
 def window_means(epochs: list[int], figures: list[tuple[float, float]]) -> list:
@@ -266,6 +274,7 @@ def markdown(results: dict) -> str:
                      f"{max(r['test'][0] for r in maps.values()):.1f} |")
         seed_ll, seed_err = SEED_TABLE["map"]
         lines += [row("seed's notebook", SEED_MAP_TRAIN_CE, (seed_ll, seed_err)), ""]
+        lines += map_dev_table(maps)
     kfac = results.get("kfac", {})
     if kfac:
         lines += ["## K-FAC Laplace: MAP net and Laplace predictive, test and training set", "",
@@ -287,6 +296,28 @@ def markdown(results: dict) -> str:
                      f"| {cell(SEED_KFAC['laplace_test'])} | {cell(SEED_KFAC['laplace_train'])} | – |")
         lines.append("")
     return "\n".join(lines)
+
+
+def map_dev_table(maps: dict) -> list[str]:
+    """Test cross-entropy / error % of every epoch's net (the seed's Jdev) for the MAP runs that
+    evaluated each epoch; runs replayed from a torch seed (``fbnn train --torch-seed``) say so."""
+    runs = {name: r for name, r in sorted(maps.items()) if r.get("dev_by_epoch")}
+    if not runs:
+        return []
+    n_epochs = len(SEED_MAP_DEV)
+    lines = ["### MAP: test cross-entropy / error % of every epoch's net (the seed's `Jdev`)", "",
+             "A run with a torch seed starts from the parameters `torch.manual_seed(s)` gives `nn.Linear` and "
+             "visits the data in the order of the seed's DataLoader (`fbnn.torch_draws`): the notebook's own "
+             "draws, s = 42.", "",
+             "| run | " + " | ".join(f"epoch {e}" for e in range(n_epochs)) + " |",
+             "|---|" + "---|" * n_epochs]
+
+    def row(name, figures):
+        return f"| {name} | " + " | ".join(f"{ce:.4f} / {err:.2f}" for ce, err in figures) + " |"
+    for name, r in runs.items():
+        label = f"{name} (torch seed {r['torch_seed']})" if r.get("torch_seed") is not None else name
+        lines.append(row(label, r["dev_by_epoch"]))
+    return lines + [row("seed's notebook", SEED_MAP_DEV), ""]
 
 
 def main(argv=None) -> int:

@@ -376,3 +376,28 @@ def test_keys_benchmark_checks_both_paths_agree(capsys):
     assert keys.main(["--calls", "5", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in keys.cases(keys.fr.key(0)))
+
+
+def test_map_sensitivity_jitters_one_init_and_reports_the_spread(tmp_path, monkeypatch):
+    import torch
+
+    from experiments import map_sensitivity as ms
+    from fbnn import torch_draws
+    params = torch_draws.linear_params([5, 4, 3], torch_draws.generator(42))
+    assert ms.jittered(params, 1e-7, -1) is params
+    a, b = ms.jittered(params, 1e-3, 0), ms.jittered(params, 1e-3, 0)
+    assert all(torch.equal(a[k], b[k]) for k in params)  # the key's bits
+    rel = torch.cat([((a[k] - params[k]) / params[k]).flatten() for k in params])
+    assert 0.5e-3 < float(rel.std()) < 2e-3 and not torch.equal(a["fc0.weight"], ms.jittered(params, 1e-3, 1)["fc0.weight"])
+    monkeypatch.setattr(ms, "ROWS", {"map": ["--method", "map", "--optimizer", "sgd", "--lr", "1e-3",
+                                             "--momentum", "0.5", "--batch-size", "100", "--epochs", "2",
+                                             "--hidden", "8", "--subset", "300", "--test-subset", "100"]})
+    assert ms.main(["--replicates", "-1", "0", "1", "--eps", "1e-3", "--results-dir", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "map_sensitivity.json").read_text())
+    reps = res["replicates"]
+    assert reps["-1"]["eps"] == 0.0 and reps["0"]["eps"] == 1e-3 and len(reps["0"]["train_ce_by_epoch"]) == 2
+    assert reps["0"]["test_loglik_sum"] != reps["1"]["test_loglik_sum"]
+    assert res["summary"]["n"] == 2  # the unperturbed replay is not a replicate of the spread
+    assert "Perturbed replicates: 2" in (tmp_path / "map_sensitivity.md").read_text()
+    with pytest.raises(ValueError, match="another --results-dir"):
+        ms.main(["--replicates", "2", "--eps", "1e-6", "--results-dir", str(tmp_path)])
