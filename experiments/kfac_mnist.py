@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from fbnn import cli, likelihoods, methods, metrics, models, optim
+from fbnn import cli, likelihoods, methods, metrics, models, optim, torch_draws
 from fbnn import random as fr
 from fbnn.fit import fit, load_checkpoint, save_checkpoint
 from fbnn.methods import laplace as fl
@@ -54,7 +54,13 @@ def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP
     opt = optim.sgd(MAP_CONFIG["lr"], momentum=MAP_CONFIG["momentum"], weight_decay=MAP_CONFIG["weight_decay"])
     method = methods.map(model, lik, opt, reduction="sum", n_data=x.shape[0])
     k_init, k_fit, _ = fr.split(fr.key(args.seed), 3)
-    state = method.init(k_init, model.init(k_init))
+    sizes, order, config = [784, *hidden, 10], None, MAP_CONFIG
+    params = model.init(k_init)
+    if args.torch_seed is not None:  # the notebook's own init and data order (fbnn.torch_draws)
+        params = torch_draws.linear_params(sizes, torch_draws.generator(args.torch_seed))
+        order = torch_draws.DataLoaderOrder(args.torch_seed, x.shape[0], torch_draws.n_words(sizes))
+        config = {**MAP_CONFIG, "torch_seed": args.torch_seed}
+    state = method.init(k_init, params)
 
     def eval_fn(st, epoch):
         with torch.no_grad():
@@ -64,7 +70,7 @@ def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP
 
     result = fit(method, state, (x, y), k_fit, epochs=epochs, batch_size=MAP_CONFIG["batch_size"],
                  eval_fn=eval_fn, checkpoint=out / "checkpoint.pt", resume=True, progress=not args.no_progress,
-                 meta={"config": MAP_CONFIG}, description="kfac-map mnist")
+                 meta={"config": config}, description="kfac-map mnist", order=order)
     history = result.history
     if args.ckpt == "last":
         epoch = len(history) - 1
@@ -103,6 +109,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="runs/kfac_mnist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-seed", type=int, default=None,
+                   help="MAP phase from the notebook's own draws: torch.manual_seed(S)'s nn.Linear init and its "
+                        "DataLoader's order (fbnn.torch_draws; the notebook's S is 42)")
     p.add_argument("--ckpt", choices=("best_on_test", "last"), default="best_on_test")
     p.add_argument("--map-only", action="store_true", help="train the MAP net and stop")
     p.add_argument("--map-from", default=None,
@@ -148,7 +157,8 @@ def main(argv=None) -> int:
     else:
         model, params, epoch, history, train_s = map_phase(args, x[:args.n_train], y[:args.n_train], xt, yt,
                                                            map_epochs, hidden)
-        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden}, "map_epoch": epoch,
+        torch_seed = {} if args.torch_seed is None else {"torch_seed": args.torch_seed}
+        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden, **torch_seed}, "map_epoch": epoch,
                     "map_ckpt": args.ckpt,
                     "map_dev_error_pct": [h["dev_error_pct"] for h in history]}
         print(json.dumps({"chosen_epoch": epoch, "history": history}, indent=1))

@@ -401,3 +401,18 @@ def test_map_sensitivity_jitters_one_init_and_reports_the_spread(tmp_path, monke
     assert "Perturbed replicates: 2" in (tmp_path / "map_sensitivity.md").read_text()
     with pytest.raises(ValueError, match="another --results-dir"):
         ms.main(["--replicates", "2", "--eps", "1e-6", "--results-dir", str(tmp_path)])
+
+
+def test_kfac_mnist_torch_seed_trains_the_map_phase_from_torchs_draws(tmp_path):
+    from experiments import kfac_mnist
+    from fbnn import torch_draws
+    from fbnn.fit import load_checkpoint
+    run = tmp_path / "kfac"
+    assert kfac_mnist.main(["--quick", "--torch-seed", "42", "--map-only", "--runs-dir", str(run),
+                            "--no-record", "--no-progress"]) == 0
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    sizes = [784, 100, 100, 10]
+    assert ckpt["meta"]["config"]["torch_seed"] == 42
+    assert ckpt["settings"]["order"] == repr(torch_draws.DataLoaderOrder(42, 1000, torch_draws.n_words(sizes)))
+    with pytest.raises(ValueError, match="different run"):  # a run from fbnn's keys does not resume it
+        kfac_mnist.main(["--quick", "--map-only", "--runs-dir", str(run), "--no-record", "--no-progress"])
