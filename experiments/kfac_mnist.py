@@ -40,6 +40,8 @@ from fbnn.fit import fit, load_checkpoint, save_checkpoint
 from fbnn.methods import laplace as fl
 from fbnn.predict import predict_probs
 
+from experiments.map_sensitivity import jittered
+
 MAP_CONFIG = {"method": "map", "dataset": "mnist", "model": "mlp", "hidden": [1200, 1200], "optimizer": "sgd",
               "lr": 1e-3, "momentum": 0.5, "weight_decay": 1e-8, "reduction": "sum", "batch_size": 100,
               "epochs": 10}
@@ -60,6 +62,9 @@ def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP
         params = torch_draws.linear_params(sizes, torch_draws.generator(args.torch_seed))
         order = torch_draws.DataLoaderOrder(args.torch_seed, x.shape[0], torch_draws.n_words(sizes))
         config = {**MAP_CONFIG, "torch_seed": args.torch_seed}
+    if args.jitter >= 0:  # the init times 1 + eps z (experiments.map_sensitivity)
+        params = jittered(params, args.jitter_eps, args.jitter)
+        config = {**config, "jitter": args.jitter, "jitter_eps": args.jitter_eps}
     state = method.init(k_init, params)
 
     def eval_fn(st, epoch):
@@ -112,6 +117,10 @@ def main(argv=None) -> int:
     p.add_argument("--torch-seed", type=int, default=None,
                    help="MAP phase from the notebook's own draws: torch.manual_seed(S)'s nn.Linear init and its "
                         "DataLoader's order (fbnn.torch_draws; the notebook's S is 42)")
+    p.add_argument("--jitter", type=int, default=-1,
+                   help="MAP phase from the init times 1 + eps z, z drawn from key JITTER (-1: none; "
+                        "experiments.map_sensitivity), to see how much one run's figures owe to float rounding")
+    p.add_argument("--jitter-eps", type=float, default=1e-7, help="eps of --jitter (about one float32 rounding)")
     p.add_argument("--ckpt", choices=("best_on_test", "last"), default="best_on_test")
     p.add_argument("--map-only", action="store_true", help="train the MAP net and stop")
     p.add_argument("--map-from", default=None,
@@ -157,8 +166,10 @@ def main(argv=None) -> int:
     else:
         model, params, epoch, history, train_s = map_phase(args, x[:args.n_train], y[:args.n_train], xt, yt,
                                                            map_epochs, hidden)
-        torch_seed = {} if args.torch_seed is None else {"torch_seed": args.torch_seed}
-        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden, **torch_seed}, "map_epoch": epoch,
+        replay = {} if args.torch_seed is None else {"torch_seed": args.torch_seed}
+        if args.jitter >= 0:
+            replay.update({"jitter": args.jitter, "jitter_eps": args.jitter_eps})
+        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden, **replay}, "map_epoch": epoch,
                     "map_ckpt": args.ckpt,
                     "map_dev_error_pct": [h["dev_error_pct"] for h in history]}
         print(json.dumps({"chosen_epoch": epoch, "history": history}, indent=1))

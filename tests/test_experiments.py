@@ -416,3 +416,11 @@ def test_kfac_mnist_torch_seed_trains_the_map_phase_from_torchs_draws(tmp_path):
     assert ckpt["settings"]["order"] == repr(torch_draws.DataLoaderOrder(42, 1000, torch_draws.n_words(sizes)))
     with pytest.raises(ValueError, match="different run"):  # a run from fbnn's keys does not resume it
         kfac_mnist.main(["--quick", "--map-only", "--runs-dir", str(run), "--no-record", "--no-progress"])
+    jit = tmp_path / "jitter"
+    assert kfac_mnist.main(["--quick", "--torch-seed", "42", "--jitter", "0", "--jitter-eps", "1e-3", "--map-only",
+                            "--runs-dir", str(jit), "--no-record", "--no-progress"]) == 0
+    config = load_checkpoint(jit / "checkpoint.pt")["meta"]["config"]
+    assert (config["torch_seed"], config["jitter"], config["jitter_eps"]) == (42, 0, 1e-3)
+    a = load_checkpoint(run / "params_epoch0.pt")["params"]["fc0.weight"]
+    b = load_checkpoint(jit / "params_epoch0.pt")["params"]["fc0.weight"]
+    assert 0 < float((a - b).abs().max()) < 0.1
