@@ -267,11 +267,13 @@ def markdown(results: dict) -> str:
         def row(name, ces, test):
             return f"| {name} | " + " | ".join(f"{c:.4f}" for c in ces) + f" | {test[0]:.1f} / {test[1]:.2f} |"
         for run, r in sorted(maps.items()):
-            lines.append(row(run, r["train_ce_by_epoch"], r["test"]))
-        by_epoch = list(zip(*(r["train_ce_by_epoch"] for r in maps.values())))
-        lines.append("| runs: min – max | " + " | ".join(f"{min(c):.4f} – {max(c):.4f}" for c in by_epoch)
-                     + f" | {min(r['test'][0] for r in maps.values()):.1f} – "
-                     f"{max(r['test'][0] for r in maps.values()):.1f} |")
+            lines.append(row(_map_label(run, r), r["train_ce_by_epoch"], r["test"]))
+        keyed = [r for r in maps.values() if r.get("torch_seed") is None]
+        if keyed:
+            by_epoch = list(zip(*(r["train_ce_by_epoch"] for r in keyed)))
+            lines.append("| runs from fbnn's keys: min – max | "
+                         + " | ".join(f"{min(c):.4f} – {max(c):.4f}" for c in by_epoch)
+                         + f" | {min(r['test'][0] for r in keyed):.1f} – {max(r['test'][0] for r in keyed):.1f} |")
         seed_ll, seed_err = SEED_TABLE["map"]
         lines += [row("seed's notebook", SEED_MAP_TRAIN_CE, (seed_ll, seed_err)), ""]
         lines += map_dev_table(maps)
@@ -298,6 +300,10 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _map_label(name: str, r: dict) -> str:
+    return f"{name} (torch seed {r['torch_seed']})" if r.get("torch_seed") is not None else name
+
+
 def map_dev_table(maps: dict) -> list[str]:
     """Test cross-entropy / error % of every epoch's net (the seed's Jdev) for the MAP runs that
     evaluated each epoch; runs replayed from a torch seed (``fbnn train --torch-seed``) say so."""
@@ -315,8 +321,7 @@ def map_dev_table(maps: dict) -> list[str]:
     def row(name, figures):
         return f"| {name} | " + " | ".join(f"{ce:.4f} / {err:.2f}" for ce, err in figures) + " |"
     for name, r in runs.items():
-        label = f"{name} (torch seed {r['torch_seed']})" if r.get("torch_seed") is not None else name
-        lines.append(row(label, r["dev_by_epoch"]))
+        lines.append(row(_map_label(name, r), r["dev_by_epoch"]))
     return lines + [row("seed's notebook", SEED_MAP_DEV), ""]
 
 

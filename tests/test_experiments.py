@@ -195,7 +195,12 @@ def test_seed_logs_map_reads_the_training_cross_entropy_per_image(tmp_path):
     assert r["train_ce_by_epoch"] == pytest.approx([ce, ce], rel=1e-5)
     own = json.loads((runs / "tiny" / "metrics.json").read_text())
     assert r["test"] == [own["test_loglik_sum"], own["error_pct"]]
-    assert "| runs: min – max |" in (out / "seed_logs.md").read_text()
+    assert "| runs from fbnn's keys: min – max |" in (out / "seed_logs.md").read_text()
+    cli.main(["train", "--method", "map", "--torch-seed", "42", "--eval-every", "1", "--out", str(runs / "t42"), *common])
+    assert seed_logs.main(["map", "t42", "--runs-dir", str(runs), "--results-dir", str(out)]) == 0
+    r42 = json.loads((out / "seed_logs.json").read_text())["map"]["t42"]
+    assert r42["torch_seed"] == 42 and len(r42["dev_by_epoch"]) == 2 and "dev_by_epoch" not in r
+    assert "| t42 (torch seed 42) |" in (out / "seed_logs.md").read_text()
     cli.main(["train", "--method", "sgld", "--lr", "1e-14", "--collect-from", "0", "--thin", "1", "--keep", "1",
               "--out", str(runs / "chain"), *common])
     with pytest.raises(ValueError, match="not a MAP run"):
