@@ -47,6 +47,14 @@ MAP_CONFIG = {"method": "map", "dataset": "mnist", "model": "mlp", "hidden": [12
               "epochs": 10}
 
 
+def replay_settings(args) -> dict:
+    """The MAP phase's ``--torch-seed`` / ``--jitter`` settings, as kept in its config."""
+    out = {} if args.torch_seed is None else {"torch_seed": args.torch_seed}
+    if args.jitter >= 0:
+        out.update({"jitter": args.jitter, "jitter_eps": args.jitter_eps})
+    return out
+
+
 def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP_CONFIG["hidden"]):
     """Train (or resume) the MAP net; returns ``(params, chosen_epoch, history, train_wall_s)``."""
     out = Path(args.runs_dir)
@@ -56,15 +64,13 @@ def map_phase(args, x, y, xt, yt, epochs: int = MAP_CONFIG["epochs"], hidden=MAP
     opt = optim.sgd(MAP_CONFIG["lr"], momentum=MAP_CONFIG["momentum"], weight_decay=MAP_CONFIG["weight_decay"])
     method = methods.map(model, lik, opt, reduction="sum", n_data=x.shape[0])
     k_init, k_fit, _ = fr.split(fr.key(args.seed), 3)
-    sizes, order, config = [784, *hidden, 10], None, MAP_CONFIG
+    sizes, config = [784, *hidden, 10], {**MAP_CONFIG, **replay_settings(args)}
     params = model.init(k_init)
-    if args.torch_seed is not None:  # the notebook's own init and data order (fbnn.torch_draws)
+    if args.torch_seed is not None:  # the notebook's own init (fbnn.torch_draws)
         params = torch_draws.linear_params(sizes, torch_draws.generator(args.torch_seed))
-        order = torch_draws.DataLoaderOrder(args.torch_seed, x.shape[0], torch_draws.n_words(sizes))
-        config = {**MAP_CONFIG, "torch_seed": args.torch_seed}
     if args.jitter >= 0:  # the init times 1 + eps z (experiments.map_sensitivity)
         params = jittered(params, args.jitter_eps, args.jitter)
-        config = {**config, "jitter": args.jitter, "jitter_eps": args.jitter_eps}
+    order = cli.run_order(config, sizes, x.shape[0])  # the notebook's data order with a torch seed
     state = method.init(k_init, params)
 
     def eval_fn(st, epoch):
@@ -166,10 +172,8 @@ def main(argv=None) -> int:
     else:
         model, params, epoch, history, train_s = map_phase(args, x[:args.n_train], y[:args.n_train], xt, yt,
                                                            map_epochs, hidden)
-        replay = {} if args.torch_seed is None else {"torch_seed": args.torch_seed}
-        if args.jitter >= 0:
-            replay.update({"jitter": args.jitter, "jitter_eps": args.jitter_eps})
-        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden, **replay}, "map_epoch": epoch,
+        map_info = {"map_config": {**MAP_CONFIG, "epochs": map_epochs, "hidden": hidden, **replay_settings(args)},
+                    "map_epoch": epoch,
                     "map_ckpt": args.ckpt,
                     "map_dev_error_pct": [h["dev_error_pct"] for h in history]}
         print(json.dumps({"chosen_epoch": epoch, "history": history}, indent=1))

@@ -48,8 +48,9 @@ def run_replicate(replicate: int, eps: float, torch_seed: int, data_dir=None) ->
                                     "--torch-seed", str(torch_seed)])
     cfg = cli._run_config(args)
     x, y, xt, yt, info = cli.load_dataset("mnist", data_dir)
-    _, method = cli.build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
-    sizes = cli.mlp_sizes(cfg, x.shape[-1], info.get("n_classes", 10))
+    n_out = info.get("n_classes", 10)
+    _, method = cli.build(cfg, x.shape[-1], x.shape[0], n_out)
+    sizes = cli.mlp_sizes(cfg, x.shape[-1], n_out)
     k_init, k_fit, k_eval = cli.run_keys(cfg["seed"])
     params = jittered(torch_draws.linear_params(sizes, torch_draws.generator(torch_seed)), eps, replicate)
     result = fit(method, method.init(k_init, params), (x, y), k_fit, epochs=cfg["epochs"],
