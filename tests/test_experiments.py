@@ -237,6 +237,17 @@ def test_seed_logs_windows_average_by_epoch():
             assert abs(mean - seed_logs.SEED_CHAIN[m][name]) < 2e-4 * max(1.0, seed_logs.SEED_CHAIN[m][name])
 
 
+def test_seed_logs_markdown_lists_a_chain_the_seed_has_no_notebook_for():
+    """sghmc_sa has no seed notebook: its chain gets its rows and no seed's row beside them."""
+    from experiments import seed_logs
+    r = {"method": "sghmc_sa", "n_kept": 3, "n_test": 100, "predictive": (2.0, -9.0), "test_ce_kept": 0.2,
+         "test_err_kept": 4.0, "test_by_window": [[0.2, 4.0], None, None, None], "train_ce_during": 0.1,
+         "train_err_during": 3.0, "train_ce_last_sample": 0.1, "train_err_last_sample": 3.0}
+    md = seed_logs.markdown({"chain": {"sa": r, "s": {**r, "method": "sgld"}}})
+    assert "| sa | 3 |" in md and "| sa | 0.2000 / 4.00 | – |" in md
+    assert "seed's sgld notebook" in md and "seed's sghmc_sa" not in md
+
+
 def test_seed_logs_kfac_reads_the_factors_of_a_kfac_run(tmp_path):
     from experiments import kfac_mnist, seed_logs
     run = tmp_path / "kfac"
