@@ -236,7 +236,7 @@ def markdown(results: dict) -> str:
                          f"| {r['predictive'][0]:.2f} / {r['predictive'][1]:.1f} "
                          f"| {averaging_gain(r['test_ce_kept'], r['predictive'][1], r['n_test']):.4f} |")
         methods = sorted({r["method"] for r in chains.values()})
-        for m in (m for m in methods if m in SEED_CHAIN):  # sghmc_sa: the seed has no notebook
+        for m in sorted(SEED_CHAIN.keys() & set(methods)):  # sghmc_sa: the seed has no notebook
             s, (ll, err) = SEED_CHAIN[m], SEED_TABLE[m]
             lines.append(f"| seed's {m} notebook | 90 | {s['test_ce_kept']:.4f} | {s['test_err_kept']:.2f} "
                          f"| {s['train_ce_during']:.4f} | {s['train_err_during']:.2f} | (not printed) "
