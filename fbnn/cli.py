@@ -275,7 +275,8 @@ def _run_config(args) -> dict:
     cfg = {k: getattr(args, k) for k in keys}
     if args.method == "sghmc_sa":
         cfg["adaptation"] = args.adaptation
-    cfg.update({k: getattr(args, k) for k in ("subset", "test_subset") if getattr(args, k, None) is not None})
+    cfg.update({k: getattr(args, k) for k in ("val", "subset", "test_subset")
+                if getattr(args, k, None) is not None})
     if args.batches != "independent":  # only when set, so older runs' configs still compare equal
         cfg["batches"] = args.batches
     if args.torch_seed is not None:
@@ -284,9 +285,21 @@ def _run_config(args) -> dict:
 
 
 def _subsets(cfg: dict, x, y, xt, yt) -> tuple:
-    """The first ``cfg["subset"]`` training and ``cfg["test_subset"]`` test examples (all when unset)."""
+    """The training and evaluation sets of a run: with ``cfg["val"] = V`` the last V training
+    examples replace the test set and leave training; then the first ``cfg["subset"]`` training
+    and ``cfg["test_subset"]`` evaluation examples (all when unset)."""
+    v = cfg.get("val")
+    if v is not None:
+        if v >= x.shape[0]:
+            raise ValueError(f"--val {v} holds out every one of the {x.shape[0]} training examples")
+        x, y, xt, yt = x[:-v], y[:-v], x[-v:], y[-v:]
     n, m = cfg.get("subset"), cfg.get("test_subset")
     return x[:n], y[:n], xt[:m], yt[:m]
+
+
+def eval_set(cfg: dict) -> str:
+    """What a run's ``test_*`` metrics were measured on."""
+    return f"validation: the last {cfg['val']} training examples" if cfg.get("val") else "test"
 
 
 def _check_sampler_schedule(cfg: dict) -> None:
@@ -339,7 +352,8 @@ def cmd_train(args) -> dict:
                  order=run_order(cfg, sizes, x.shape[0]))
     collections = collector.iter_samples() if collector is not None else None
     metrics_out = evaluate_run(method, result.state, xt, yt, k_eval, n_eval, info, collections)
-    metrics_out.update({"train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
+    metrics_out.update({"eval_set": eval_set(cfg),
+                        "train_wall_s": result.history[-1]["wall_s"] if result.history else 0.0,
                         "epochs": args.epochs, "config": cfg, "commit": commit,
                         "command": " ".join(["fbnn", *sys.argv[1:]]) if args.command_line is None
                         else args.command_line})
@@ -366,7 +380,7 @@ def cmd_evaluate(args) -> dict:
         collections = collected_draws(ckpt)
     out = evaluate_run(method, ckpt["state"], xt, yt, key,
                        args.samples or default_eval_samples(cfg), info, collections)
-    out.update({"epochs_trained": ckpt["epoch"], "checkpoint": str(path)})
+    out.update({"eval_set": eval_set(cfg), "epochs_trained": ckpt["epoch"], "checkpoint": str(path)})
     if args.out:
         write_json_atomic(args.out, out)
     print(json.dumps(out, indent=2))
@@ -461,6 +475,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--thin", type=int, default=2, help="collect every THIN epochs")
     g.add_argument("--keep", type=int, default=90, help="FIFO capacity: samples kept and evaluated")
     t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--val", type=_positive_int, default=None,
+                   help="hold the last N training examples out of training and evaluate on them instead "
+                        "of the test set (settings chosen without the test set)")
     t.add_argument("--subset", type=_positive_int, default=None, help="train on the first N examples only")
     t.add_argument("--test-subset", type=_positive_int, default=None, help="evaluate on the first N test examples")
     t.add_argument("--batch-size", type=int, default=100)

@@ -124,6 +124,24 @@ def test_subsets_train_and_evaluate_on_the_first_examples(tmp_path):
         cli.main(["train", "--method", "map", "--dataset", "toy-homo", "--subset", "0", "--out", str(tmp_path)])
 
 
+def test_val_holds_the_last_training_examples_out_and_evaluates_on_them(tmp_path, capsys):
+    rc, out = _train(tmp_path, "--val", "50")
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["val"] == 50 and metrics["eval_set"].startswith("validation")
+    x, y, _, _, info = cli.load_dataset("toy-hetero", None, None)
+    ckpt = cli.load_checkpoint(out / "checkpoint.pt")
+    model, method = cli.build(metrics["config"], x.shape[-1], x.shape[0] - 50, None)
+    key = cli.run_keys(0)[2]
+    on_val = cli.evaluate_run(method, ckpt["state"], x[-50:], y[-50:], key, 1, info, None)
+    assert on_val["test_loglik"] == pytest.approx(metrics["test_loglik"], abs=1e-9)
+    assert on_val["test_loglik"] != pytest.approx(  # not the test set
+        cli.evaluate_run(method, ckpt["state"], *cli.load_dataset("toy-hetero", None, None)[2:4],
+                         key, 1, info, None)["test_loglik"], abs=1e-6)
+    assert _train(tmp_path, "--val", str(x.shape[0]), name="all")[0] == 2
+    assert "holds out every one" in capsys.readouterr().err
+
+
 def test_sghmc_sa_adaptation_order_reaches_the_sampler(tmp_path):
     common = ("--method", "sghmc_sa", "--lr", "1e-3", "--epochs", "3", "--collect-from", "2", "--thin", "1",
               "--keep", "1", "--adapt-epochs", "1", "--batch-size", "32")
