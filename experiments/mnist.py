@@ -169,6 +169,9 @@ def main(argv=None) -> int:
     if overrides and not args.row_name:
         p.error(f"settings of your own ({' '.join(overrides)}) need --row-name, "
                 f"so that they do not replace the seed-settings row {args.row!r}")
+    if any(a == "--val" or a.startswith("--val=") for a in overrides) and not args.no_record:
+        p.error("--val scores the run on training images: the test table takes none (pass --no-record, "
+                "or choose settings with experiments.val_grid)")
     command = "python -m experiments.mnist " + " ".join(argv)
     name = args.row_name or (args.row if args.seed == 0 else f"{args.row}_seed{args.seed}")
     train_args = ["train", "--dataset", "mnist", *ROWS[args.row], "--seed", str(args.seed),

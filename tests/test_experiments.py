@@ -440,3 +440,27 @@ def test_kfac_mnist_torch_seed_trains_the_map_phase_from_torchs_draws(tmp_path):
     a = load_checkpoint(run / "params_epoch0.pt")["params"]["fc0.weight"]
     b = load_checkpoint(jit / "params_epoch0.pt")["params"]["fc0.weight"]
     assert 0 < float((a - b).abs().max()) < 0.1
+
+
+def test_val_grid_scores_each_value_on_held_out_training_images(tmp_path):
+    from experiments import val_grid
+    argv = ["map", "--option", "weight-decay", "--values", "0", "1", "--name", "wd", "--val", "200",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
+            "--", "--hidden", "8", "--epochs", "1", "--subset", "500"]
+    assert val_grid.main(argv) == 0
+    report = json.loads((tmp_path / "wd.json").read_text())
+    scores = {v: m["loglik_sum"] for v, m in report["values"].items()}
+    assert set(scores) == {"0", "1"} and scores["0"] != scores["1"]
+    assert report["best"] == max(scores, key=scores.get)
+    assert all(m["eval_set"] == "validation: the last 200 training examples" for m in report["values"].values())
+    assert val_grid.main(argv) == 0  # finished runs are evaluated again, not retrained
+    again = json.loads((tmp_path / "wd.json").read_text())
+    assert {v: m["loglik_sum"] for v, m in again["values"].items()} == scores
+    assert "Best log likelihood" in (tmp_path / "wd.md").read_text()
+
+
+def test_mnist_rows_refuse_validation_runs_in_the_test_table(tmp_path):
+    with pytest.raises(SystemExit):
+        mnist.main(["map", "--quick", "--row-name", "map_val", "--results-dir", str(tmp_path),
+                    "--runs-dir", str(tmp_path), "--", "--val", "100"])
+    assert not (tmp_path / "mnist.json").exists()
