@@ -147,6 +147,13 @@ def record(row: str, metrics: dict, command: str, results_dir: Path = RESULTS,
     return entry
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A script's own arguments and the ``fbnn train`` arguments after ``--``."""
+    if "--" not in argv:
+        return argv, []
+    return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="after --: `fbnn train` arguments that replace the seed's settings "
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="2 epochs on 1,000 images (same code paths; minutes)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where mnist.json / mnist.md are written")
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, overrides = split_overrides(argv)
     args = p.parse_args(ours)
     if overrides and not args.row_name:
         p.error(f"settings of your own ({' '.join(overrides)}) need --row-name, "

@@ -19,7 +19,7 @@ import torch
 
 from fbnn import cli
 
-from .mnist import RESULTS, ROWS
+from .mnist import RESULTS, ROWS, split_overrides
 
 
 def grid_markdown(report: dict) -> str:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, overrides = split_overrides(argv)
     args = p.parse_args(ours)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -73,9 +73,10 @@ def main(argv=None) -> int:
               "best": max(values, key=lambda v: values[v]["loglik_sum"])}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
+    text = grid_markdown(report)
     cli.write_json_atomic(results / f"{args.name}.json", report)
-    cli.write_text_atomic(results / f"{args.name}.md", grid_markdown(report))
-    print(grid_markdown(report))
+    cli.write_text_atomic(results / f"{args.name}.md", text)
+    print(text)
     return 0
 
 
