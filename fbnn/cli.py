@@ -108,13 +108,17 @@ def _sampler(cfg: dict, model, lik, n_data: int):
     """An SG-MCMC method; the gradient is N x minibatch-mean NLL + prior (SPEC 1.3)."""
     name, lr, sigma = cfg["method"], cfg["lr"], cfg["prior_sigma"]
     prior = priors.normal(sigma)
+    temperature = cfg.get("temperature", 1.0)
     if name == "sgld":
-        return methods.sgld(model, lik, prior, n_data, lr)
+        return methods.sgld(model, lik, prior, n_data, lr, temperature=temperature)
     if name == "psgld":
-        return methods.psgld(model, lik, prior, n_data, lr, alpha=cfg["alpha"], eps=cfg["eps"])
+        return methods.psgld(model, lik, prior, n_data, lr, alpha=cfg["alpha"], eps=cfg["eps"],
+                             temperature=temperature)
     if name == "sghmc":
-        return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"],
+        return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"], temperature=temperature,
                              resample_momentum_every=cfg["resample_momentum_every"])
+    if temperature != 1.0:
+        raise ValueError("--temperature is not implemented for sghmc_sa; use sgld, psgld or sghmc")
     return methods.sghmc_sa(model, lik, n_data, lr, burn_in=cfg["adapt_epochs"] * steps_per_epoch(cfg, n_data),
                             friction=cfg["friction"], prior_sigma=sigma,
                             resample_momentum_every=cfg["resample_momentum_every"],
@@ -275,6 +279,8 @@ def _run_config(args) -> dict:
     cfg = {k: getattr(args, k) for k in keys}
     if args.method == "sghmc_sa":
         cfg["adaptation"] = args.adaptation
+    if args.method in SAMPLERS and args.temperature != 1.0:  # only when set: older configs compare equal
+        cfg["temperature"] = args.temperature
     cfg.update({k: getattr(args, k) for k in ("val", "subset", "test_subset")
                 if getattr(args, k, None) is not None})
     if args.batches != "independent":  # only when set, so older runs' configs still compare equal
@@ -462,6 +468,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.99, help="pSGLD RMSprop decay")
     g.add_argument("--eps", type=_positive_float, default=1e-8, help="pSGLD preconditioner offset")
     g.add_argument("--friction", type=float, default=0.05, help="SGHMC friction C")
+    g.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="posterior temperature T (> 0): samples exp(-U/T); T < 1 is a cold posterior "
+                        "(sgld, psgld, sghmc)")
     g.add_argument("--resample-momentum-every", type=_every_or_never, default=50,
                    help="steps (SGHMC); 0: never")
     g.add_argument("--resample-prior-every", type=_every_or_never, default=15,
