@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from fbnn import cli
+from fbnn import cli, methods, tree
+from fbnn import random as fr
 
 
 def _train(tmp_path, *extra, name="run"):
@@ -161,3 +162,40 @@ def test_a_period_of_zero_means_never():
     assert ns.resample_prior_every is None and ns.resample_momentum_every is None
     ns = cli.parser().parse_args(["train", "--method", "sghmc_sa", "--dataset", "mnist", "--out", "x"])
     assert (ns.resample_prior_every, ns.resample_momentum_every) == (15, 50)
+
+
+@pytest.mark.parametrize("method", ["sgld", "psgld", "sghmc"])
+def test_temperature_scales_the_noise_of_one_cli_sampler_step(tmp_path, method):
+    common = ("--method", method, "--lr", "1e-4", "--epochs", "2", "--collect-from", "1", "--thin", "1",
+              "--keep", "1", "--batch-size", "32")
+    rc_cold, cold = _train(tmp_path, *common, "--temperature", "0.25", name="cold")
+    rc_warm, warm = _train(tmp_path, *common, name="warm")
+    assert rc_cold == rc_warm == 0
+    cfg = json.loads((cold / "metrics.json").read_text())["config"]
+    assert cfg["temperature"] == 0.25
+    assert "temperature" not in json.loads((warm / "metrics.json").read_text())["config"]
+    x, y, *_ = cli.load_dataset("toy-hetero", None, None)
+    x, y = x.double(), y.double()
+
+    def one_step(temperature):  # the same state, batch and key: only the noise scale differs
+        model, sampler = cli.build({**cfg, "temperature": temperature}, x.shape[-1], x.shape[0], None)
+        params = tree.map(lambda t: t.double(), model.init(fr.key(2)))
+        state = sampler.init(fr.key(1), params)
+        batch = methods.base.Batch(x[:32], y[:32], torch.arange(32))
+        return [t for t in tree.leaves(sampler.step(state, batch, fr.key(3))[0])
+                if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+    # every update is drift + sqrt(T) * noise: (T=0.25 minus T~0) is half of (T=1 minus T~0)
+    hot, quarter, frozen = one_step(1.0), one_step(0.25), one_step(1e-12)
+    assert any(not torch.equal(a, b) for a, b in zip(hot, frozen))
+    for h, q, f in zip(hot, quarter, frozen):
+        torch.testing.assert_close(q - f, 0.5 * (h - f), rtol=1e-5, atol=1e-12)
+
+
+def test_temperature_must_be_positive_and_is_refused_by_sghmc_sa(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "--method", "sgld", "--temperature", "0")
+    assert "must be a finite number > 0" in capsys.readouterr().err
+    assert _train(tmp_path, "--method", "sghmc_sa", "--temperature", "0.5", "--epochs", "2",
+                  "--collect-from", "1", "--adapt-epochs", "1")[0] == 2
+    assert "not implemented for sghmc_sa" in capsys.readouterr().err

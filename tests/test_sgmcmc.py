@@ -152,6 +152,26 @@ def test_correlated_gaussian_posterior(name):
     _assert_moments(draws, MU.double(), COV.double())
 
 
+TEMPERED_SAMPLERS = {
+    "sgld": lambda m, l, n, t: sgmcmc.sgld(m, l, None, n, 0.1, temperature=t),
+    "psgld": lambda m, l, n, t: sgmcmc.psgld(m, l, None, n, 0.1, temperature=t),
+    "sghmc": lambda m, l, n, t: sgmcmc.sghmc(m, l, None, n, 0.02, friction=0.1, temperature=t),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPERED_SAMPLERS))
+def test_tempered_gaussian_posterior(name):
+    # exp(-U / T) with T = 0.25 is N(MU, COV / 4): the same chains, moments and tolerances as above
+    model, lik, data = _gaussian_target()
+    method = TEMPERED_SAMPLERS[name](model, lik, 32, 0.25)
+    state = method.init(fr.key(0), {"theta": MU + 0.75 * fr.normal(fr.key(1), (COPIES, 2))})
+    if name == "psgld":
+        state = _warm_preconditioner(state, model, lik, None, 32, data)
+    out = _minibatch_chain(method, state, data, fr.key(7), 300, 8)
+    draws = torch.stack([p["theta"] for p in out[150:]]).reshape(-1, 2)
+    _assert_moments(draws, MU.double(), COV.double() / 4)
+
+
 LINREG_SAMPLERS = {
     "sgld": (lambda m, l, p, n: sgmcmc.sgld(m, l, p, n, 0.03), 300),
     "psgld": (lambda m, l, p, n: sgmcmc.psgld(m, l, p, n, 0.1), 300),
