@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fbnn
-from fbnn import likelihoods, methods, models, priors, tree
+from fbnn import likelihoods, methods, models, optim, priors, tree
 from fbnn import random as fr
 from fbnn.methods import base, sgmcmc
 
@@ -460,6 +460,35 @@ def test_lr_schedule_and_temperature_scale_the_noise():
         torch.testing.assert_close(scheduled[t], unit[t] * math.sqrt(4.0 ** t * 0.25))
 
 
+@pytest.mark.parametrize("build", [
+    lambda m, l, t: sgmcmc.sgld(m, l, None, 10, 1.0, temperature=t),
+    lambda m, l, t: sgmcmc.psgld(m, l, None, 10, 1.0, temperature=t),
+    lambda m, l, t: sgmcmc.sghmc(m, l, None, 10, 1.0, friction=1.0, temperature=t),  # v = the step's noise
+], ids=["sgld", "psgld", "sghmc"])
+def test_temperature_schedule_scales_each_step_noise_by_sqrt_t(build):
+    # zero gradient: step t moves by sqrt(T(t)) times the T = 1 move drawn from the same key
+    # (float64: pSGLD's moves are ~1e4 with its preconditioner at eps)
+    model, lik, batch = _flat_model(1000, torch.float64)
+    keys = [fr.fold_in(fr.key(6), t) for t in range(4)]
+
+    def increments(method):
+        state = method.init(fr.key(0), model.init(fr.key(0)))
+        out = []
+        for k in keys:
+            new, _ = method.step(state, batch, k)
+            out.append(new.params["theta"] - state.params["theta"])
+            state = new
+        return out
+
+    cycle = optim.cyclical_cosine(1.0, 4)
+    unit = increments(build(model, lik, 1.0))
+    scheduled = increments(build(model, lik, lambda c: cycle(c) + 0.01))
+    for t in range(4):
+        factor = math.sqrt(float(cycle(torch.tensor(t))) + 0.01)
+        torch.testing.assert_close(scheduled[t], unit[t] * factor)
+    assert not torch.allclose(scheduled[2], unit[2])
+
+
 def test_non_finite_potential_stops_fit(toy_classification):
     x, y = toy_classification
     model = models.mlp([8, 6, 3])
@@ -497,7 +526,8 @@ def _bad(**kw):
 ] + [
     (s, {"n_data": v}, "n_data") for s in ("sgld", "psgld", "sghmc", "sghmc_sa") for v in (0, -5, 2.5)
 ] + [
-    (s, {"temperature": v}, "temperature") for s in ("sgld", "psgld", "sghmc") for v in (0.0, -1.0)
+    (s, {"temperature": v}, "temperature") for s in ("sgld", "psgld", "sghmc")
+    for v in (0.0, -1.0, float("nan"), lambda c: torch.tensor(0.0))
 ] + [
     (s, {"friction": v}, "friction") for s in ("sghmc", "sghmc_sa") for v in (0.0, 1.5, -0.1)
 ] + [

@@ -12,8 +12,9 @@ into checkpoints as they are. ``sample(state, key, n)`` returns ``n`` views of t
 current point; ``fit``'s ``Collector`` builds the chain (burn-in, thinning, buffer).
 Conditional updates (momentum resampling, Gibbs steps, burn-in adaptation) are
 selected with ``torch.where`` on the step count, never Python branches, so that a
-batch of chains stays one vmapped computation. A learning rate is a float or a
-schedule ``count (int64 tensor) -> value`` as in ``fbnn.optim``.
+batch of chains stays one vmapped computation. A learning rate and a temperature are
+each a float or a schedule ``count (int64 tensor) -> value`` as in ``fbnn.optim``
+(``optim.cyclical_cosine`` for cyclical SG-MCMC).
 """
 from __future__ import annotations
 
@@ -82,16 +83,18 @@ def _finite_positive(value, what: str, who: str) -> float:
     return float(value)
 
 
-def _check_lr(lr, who: str) -> None:
-    if callable(lr):
-        value = lr(torch.zeros((), dtype=torch.int64))
+def _check_rate(rate, what: str, who: str):
+    """A float > 0, or a schedule whose value at count 0 is one; returns the float or the schedule."""
+    if callable(rate):
+        value = rate(torch.zeros((), dtype=torch.int64))
         try:
-            _finite_positive(value, "lr", who)
+            _finite_positive(value, what, who)
         except ValueError:
-            raise ValueError(f"{who}: lr must be a finite number > 0; the schedule gives {value!r} "
+            raise ValueError(f"{who}: {what} must be a finite number > 0; the schedule gives {value!r} "
                              f"at count 0") from None
-    else:
-        _finite_positive(lr, "lr", who)
+        return rate
+    return _finite_positive(rate, what, who)
+
 
 
 def _check_n_data(n_data, who: str) -> None:
@@ -178,20 +181,21 @@ def _zero_count() -> torch.Tensor:
 
 # --- SGLD ---------------------------------------------------------------------------------
 
-def sgld(model, likelihood, prior, n_data: int, lr, temperature: float = 1.0) -> base.Method:
+def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0) -> base.Method:
     """Stochastic-gradient Langevin dynamics (Welling & Teh 2011; SPEC 3.6).
 
-    Per step, with g the minibatch gradient of U and eps = lr(count):
-    ``theta <- theta - (eps / 2) g + sqrt(eps T) xi``, xi ~ N(0, I). ``temperature`` T
-    targets p(theta | D)^(1/T). ``prior`` is an ``fbnn.priors.Prior`` (or None for a flat
-    one); the seed's is ``priors.normal(0.1)``. The state is ``SgldState``.
+    Per step, with g the minibatch gradient of U, eps = lr(count) and T = temperature(count):
+    ``theta <- theta - (eps / 2) g + sqrt(eps T) xi``, xi ~ N(0, I). A constant
+    ``temperature`` T targets p(theta | D)^(1/T). ``prior`` is an ``fbnn.priors.Prior``
+    (or None for a flat one); the seed's is ``priors.normal(0.1)``. The state is
+    ``SgldState``.
     """
     who = "sgld"
     _check_n_data(n_data, who)
-    _check_lr(lr, who)
-    temperature = _finite_positive(temperature, "temperature", who)
+    _check_rate(lr, "lr", who)
+    temperature = _check_rate(temperature, "temperature", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
-    static_eps = _static_rate(lr)
+    static_eps, static_t = _static_rate(lr), _static_rate(temperature)
 
     def init(key, params):
         return SgldState(params, model.init_state(), _zero_count())
@@ -200,13 +204,13 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature: float = 1.0) ->
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
         xi = tree.normal_like(k_noise, state.params)
-        eps = static_eps if static_eps is not None else _rate(lr, state.count)
-        if static_eps is not None:
-            noise_scale = math.sqrt(eps * temperature)
+        if static_eps is not None and static_t is not None:
+            eps, noise_scale = static_eps, math.sqrt(static_eps * static_t)
             params = tree.map(lambda p, g, z: torch.add(p, g, alpha=-0.5 * eps).add_(z, alpha=noise_scale),
                               state.params, grads, xi)
         else:
-            noise_scale = torch.sqrt(eps * temperature)
+            eps = _rate(lr, state.count)
+            noise_scale = torch.sqrt(eps * _rate(temperature, state.count))
             params = tree.map(lambda p, g, z: p - 0.5 * eps * g + noise_scale * z, state.params, grads, xi)
         return SgldState(params, model_state, state.count + 1), {"loss": loss.detach()}
 
@@ -216,13 +220,14 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature: float = 1.0) ->
 # --- pSGLD --------------------------------------------------------------------------------
 
 def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: float = 1e-8,
-          temperature: float = 1.0) -> base.Method:
+          temperature=1.0) -> base.Method:
     """Preconditioned SGLD with RMSprop's diagonal preconditioner (Li et al. 2016; SPEC 3.7).
 
     Per step, on the full potential gradient g (prior included):
     ``V <- alpha V + (1 - alpha) g * g`` (V_0 = 0, exactly ``torch.optim.RMSprop``'s
     ``square_avg``), ``G = sqrt(V) + eps`` (non-centred, eps after the sqrt),
-    ``theta <- theta - (lr / 2) g / G + sqrt(lr T / G) xi``. The paper's drift
+    ``theta <- theta - (lr / 2) g / G + sqrt(lr T / G) xi`` (lr and T at the step's
+    count when they are schedules). The paper's drift
     correction Gamma(theta) = sum_j d G^-1_ij / d theta_j is omitted, as in the seed and
     common practice; it vanishes as alpha -> 1. With alpha = 0.99 and exact gradients
     on a correlated Gaussian the spread comes out 10-15 % wide, the price of that omission.
@@ -232,35 +237,36 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
     """
     who = "psgld"
     _check_n_data(n_data, who)
-    _check_lr(lr, who)
-    temperature = _finite_positive(temperature, "temperature", who)
+    _check_rate(lr, "lr", who)
+    temperature = _check_rate(temperature, "temperature", who)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
         raise ValueError(f"{who}: alpha must be in (0, 1), got {alpha!r}")
     eps = _finite_positive(eps, "eps", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
-    static_lr = _static_rate(lr)
+    static_lr, static_t = _static_rate(lr), _static_rate(temperature)
 
     def init(key, params):
         return PsgldState(params, tree.zeros_like(params), model.init_state(), _zero_count())
 
-    def update(p, g, v, z, step_size):
+    def update(p, g, v, z, step_size, temp):
         # V <- alpha V + (1 - alpha) g^2;  G = sqrt(V) + eps
         v = torch.addcmul(v * alpha, g, g, value=1 - alpha)
         precond = v.sqrt().add_(eps)
         # theta <- theta - (eps/2) g / G + sqrt(eps T / G) xi
-        if isinstance(step_size, float):
+        if isinstance(step_size, float) and isinstance(temp, float):
             p = torch.addcdiv(p, g, precond, value=-0.5 * step_size)
-            return torch.addcmul(p, precond.rsqrt_(), z, value=math.sqrt(step_size * temperature)), v
-        p = p - 0.5 * step_size * g / precond + torch.sqrt(step_size * temperature / precond) * z
+            return torch.addcmul(p, precond.rsqrt_(), z, value=math.sqrt(step_size * temp)), v
+        p = p - 0.5 * step_size * g / precond + torch.sqrt(step_size * temp / precond) * z
         return p, v
 
     def step(state, batch, key):
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
         step_size = static_lr if static_lr is not None else _rate(lr, state.count)
+        temp = static_t if static_t is not None else _rate(temperature, state.count)
         xi = tree.normal_like(k_noise, state.params)
         flat_p, spec = tree.flatten(state.params)
-        out = [update(p, g, v, z, step_size) for p, g, v, z in
+        out = [update(p, g, v, z, step_size, temp) for p, g, v, z in
                zip(flat_p, tree.leaves(grads), tree.leaves(state.square_avg), tree.leaves(xi))]
         params = tree.unflatten([o[0] for o in out], spec)
         square_avg = tree.unflatten([o[1] for o in out], spec)
@@ -271,7 +277,7 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
 
 # --- SGHMC --------------------------------------------------------------------------------
 
-def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, temperature: float = 1.0,
+def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, temperature=1.0,
           resample_momentum_every: int | None = None) -> base.Method:
     """Stochastic-gradient HMC (Chen, Fox & Guestrin 2014) in the v-parametrisation.
 
@@ -279,16 +285,16 @@ def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, tem
     friction alpha = eps M^-1 C, Chen et al.'s eq. (15) (with B-hat = 0) reads
     ``v <- v - eta g - alpha v + N(0, 2 alpha eta T)``, ``theta <- theta + v``, the form
     Springenberg et al. (2016) write with eta^2 M^-1 as the learning rate. Here
-    ``lr`` is eta (a float or a schedule) and ``friction`` is alpha in (0, 1]. The
-    momentum starts at 0; with ``resample_momentum_every=k`` it is redrawn from its
-    stationary law N(0, eta T) before every step whose count is a multiple of k
-    (count 0 included). The state is ``SghmcState``.
+    ``lr`` is eta and ``temperature`` T (each a float or a schedule), ``friction`` is
+    alpha in (0, 1]. The momentum starts at 0; with ``resample_momentum_every=k`` it is
+    redrawn from its stationary law N(0, eta T) before every step whose count is a
+    multiple of k (count 0 included). The state is ``SghmcState``.
     """
     who = "sghmc"
     _check_n_data(n_data, who)
-    _check_lr(lr, who)
+    _check_rate(lr, "lr", who)
     _check_friction(friction, who)
-    temperature = _finite_positive(temperature, "temperature", who)
+    temperature = _check_rate(temperature, "temperature", who)
     _check_every(resample_momentum_every, "resample_momentum_every", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
 
@@ -298,14 +304,14 @@ def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, tem
     def step(state, batch, key):
         k_model, k_noise, k_mom = fr.split(key, 3)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
-        eta = _rate(lr, state.count)
+        eta, temp = _rate(lr, state.count), _rate(temperature, state.count)
         momentum = state.momentum
         if resample_momentum_every is not None:
             # v ~ N(0, eta T) on resampling steps
-            fresh = tree.scale(tree.normal_like(k_mom, momentum), torch.sqrt(eta * temperature))
+            fresh = tree.scale(tree.normal_like(k_mom, momentum), torch.sqrt(eta * temp))
             redraw = _every(state.count, resample_momentum_every)
             momentum = tree.map(lambda f, v: torch.where(redraw, f, v), fresh, momentum)
-        noise_scale = torch.sqrt(2.0 * friction * eta * temperature)
+        noise_scale = torch.sqrt(2.0 * friction * eta * temp)
         xi = tree.normal_like(k_noise, state.params)
         # v <- v - eta g - alpha v + N(0, 2 alpha eta T);  theta <- theta + v
         momentum = tree.map(lambda v, g, z: v - eta * g - friction * v + noise_scale * z, momentum, grads, xi)
@@ -389,7 +395,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     """
     who = "sghmc_sa"
     _check_n_data(n_data, who)
-    _check_lr(lr, who)
+    _check_rate(lr, "lr", who)
     _check_friction(friction, who)
     _check_count(burn_in, "burn_in", who, 0)
     alpha0 = _finite_positive(alpha0, "alpha0", who)
