@@ -439,23 +439,24 @@ def test_ensemble_of_chains_equals_a_loop(index, toy_classification):
         assert tree.allclose(tree.index(vmapped.members, i), state, rtol=1e-6, atol=1e-6)
 
 
+def _increments(method, model, batch, keys):
+    """theta's move at each step, one step per key, from ``model.init(key(0))``."""
+    state = method.init(fr.key(0), model.init(fr.key(0)))
+    out = []
+    for k in keys:
+        new, _ = method.step(state, batch, k)
+        out.append(new.params["theta"] - state.params["theta"])
+        state = new
+    return out
+
+
 def test_lr_schedule_and_temperature_scale_the_noise():
     # zero gradient: each SGLD step moves by sqrt(lr(count) T) xi with xi from the step's key
     model, lik, batch = _flat_model(1000)
     keys = [fr.fold_in(fr.key(5), t) for t in range(3)]
-
-    def increments(method):
-        state = method.init(fr.key(0), model.init(fr.key(0)))
-        out = []
-        for k in keys:
-            new, _ = method.step(state, batch, k)
-            out.append(new.params["theta"] - state.params["theta"])
-            state = new
-        return out
-
-    unit = increments(sgmcmc.sgld(model, lik, None, 10, 1.0))
-    scheduled = increments(sgmcmc.sgld(model, lik, None, 10, lambda c: 4.0 ** c.to(torch.float32),
-                                       temperature=0.25))
+    unit = _increments(sgmcmc.sgld(model, lik, None, 10, 1.0), model, batch, keys)
+    scheduled = _increments(sgmcmc.sgld(model, lik, None, 10, lambda c: 4.0 ** c.to(torch.float32),
+                                        temperature=0.25), model, batch, keys)
     for t in range(3):
         torch.testing.assert_close(scheduled[t], unit[t] * math.sqrt(4.0 ** t * 0.25))
 
@@ -470,19 +471,9 @@ def test_temperature_schedule_scales_each_step_noise_by_sqrt_t(build):
     # (float64: pSGLD's moves are ~1e4 with its preconditioner at eps)
     model, lik, batch = _flat_model(1000, torch.float64)
     keys = [fr.fold_in(fr.key(6), t) for t in range(4)]
-
-    def increments(method):
-        state = method.init(fr.key(0), model.init(fr.key(0)))
-        out = []
-        for k in keys:
-            new, _ = method.step(state, batch, k)
-            out.append(new.params["theta"] - state.params["theta"])
-            state = new
-        return out
-
     cycle = optim.cyclical_cosine(1.0, 4)
-    unit = increments(build(model, lik, 1.0))
-    scheduled = increments(build(model, lik, lambda c: cycle(c) + 0.01))
+    unit = _increments(build(model, lik, 1.0), model, batch, keys)
+    scheduled = _increments(build(model, lik, lambda c: cycle(c) + 0.01), model, batch, keys)
     for t in range(4):
         factor = math.sqrt(float(cycle(torch.tensor(t))) + 0.01)
         torch.testing.assert_close(scheduled[t], unit[t] * factor)
