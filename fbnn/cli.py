@@ -117,13 +117,11 @@ def _sampler(cfg: dict, model, lik, n_data: int):
     if name == "sghmc":
         return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"], temperature=temperature,
                              resample_momentum_every=cfg["resample_momentum_every"])
-    if temperature != 1.0:
-        raise ValueError("--temperature is not implemented for sghmc_sa; use sgld, psgld or sghmc")
     return methods.sghmc_sa(model, lik, n_data, lr, burn_in=cfg["adapt_epochs"] * steps_per_epoch(cfg, n_data),
                             friction=cfg["friction"], prior_sigma=sigma,
                             resample_momentum_every=cfg["resample_momentum_every"],
                             resample_prior_every=cfg["resample_prior_every"], clip_std_mul=cfg["clip_std_mul"],
-                            adaptation=cfg.get("adaptation", "seed"))
+                            adaptation=cfg.get("adaptation", "seed"), temperature=temperature)
 
 
 def _collector(cfg: dict, directory) -> Collector | None:
@@ -469,8 +467,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=_positive_float, default=1e-8, help="pSGLD preconditioner offset")
     g.add_argument("--friction", type=float, default=0.05, help="SGHMC friction C")
     g.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="posterior temperature T (> 0): samples exp(-U/T); T < 1 is a cold posterior "
-                        "(sgld, psgld, sghmc)")
+                   help="posterior temperature T (> 0): samples exp(-U/T); T < 1 is a cold posterior")
     g.add_argument("--resample-momentum-every", type=_every_or_never, default=50,
                    help="steps (SGHMC); 0: never")
     g.add_argument("--resample-prior-every", type=_every_or_never, default=15,

@@ -192,10 +192,26 @@ def test_temperature_scales_the_noise_of_one_cli_sampler_step(tmp_path, method):
         torch.testing.assert_close(q - f, 0.5 * (h - f), rtol=1e-5, atol=1e-12)
 
 
-def test_temperature_must_be_positive_and_is_refused_by_sghmc_sa(tmp_path, capsys):
+def test_temperature_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _train(tmp_path, "--method", "sgld", "--temperature", "0")
     assert "must be a finite number > 0" in capsys.readouterr().err
-    assert _train(tmp_path, "--method", "sghmc_sa", "--temperature", "0.5", "--epochs", "2",
-                  "--collect-from", "1", "--adapt-epochs", "1")[0] == 2
-    assert "not implemented for sghmc_sa" in capsys.readouterr().err
+
+
+def test_sghmc_sa_cli_passes_its_temperature_to_the_sampler(tmp_path):
+    rc, run = _train(tmp_path, "--method", "sghmc_sa", "--temperature", "0.5", "--epochs", "2",
+                     "--collect-from", "1", "--adapt-epochs", "1", "--batch-size", "32")
+    assert rc == 0
+    cfg = json.loads((run / "metrics.json").read_text())["config"]
+    assert cfg["temperature"] == 0.5
+    x, y, *_ = cli.load_dataset("toy-hetero", None, None)
+    batch = methods.base.Batch(x[:32], y[:32], torch.arange(32))
+
+    def one_step(config):
+        model, sampler = cli.build(config, x.shape[-1], x.shape[0], None)
+        state = sampler.step(sampler.init(fr.key(1), model.init(fr.key(2))), batch, fr.key(3))[0]
+        return state.momentum
+
+    default = {k: v for k, v in cfg.items() if k != "temperature"}
+    assert tree.allclose(one_step(default), one_step({**cfg, "temperature": 1.0}), rtol=0, atol=0)
+    assert not tree.allclose(one_step(default), one_step(cfg))

@@ -242,22 +242,28 @@ def _flat_model(size=20_000, dtype=torch.float32):
     return model, lik, base.Batch(torch.zeros(2, 1), torch.zeros(2))
 
 
-@pytest.mark.parametrize("lr, expected_var", [(1.0, 1e-16), (0.1, 2 * 0.01 * 0.05 - 1e-4)])
-def test_sghmc_sa_noise_variance_and_its_floor(lr, expected_var):
-    # m = 1 / (sqrt(V_hat) + 1e-6) with V_hat = 1; lr 1: 2 eta^2 m C - eta^4 = 0.1 - 1 < 0 -> 1e-16
+@pytest.mark.parametrize("lr, temperature, expected_var", [
+    (1.0, 1.0, 1e-16), (0.1, 1.0, 2 * 0.01 * 0.05 - 1e-4), (0.1, 0.5, 2 * 0.01 * 0.05 * 0.5 - 1e-4)])
+def test_sghmc_sa_noise_variance_and_its_floor(lr, temperature, expected_var):
+    # m = 1 / (sqrt(V_hat) + 1e-6) with V_hat = 1; lr 1: 2 eta^2 m C T - eta^4 = 0.1 - 1 < 0 -> 1e-16
     model, lik, batch = _flat_model()
     method = sgmcmc.sghmc_sa(model, lik, 10, lr, burn_in=0, friction=0.05, prior_sigma=None,
-                             resample_momentum_every=None, resample_prior_every=None, clip_std_mul=None)
+                             resample_momentum_every=None, resample_prior_every=None, clip_std_mul=None,
+                             temperature=temperature)
     state, _ = method.step(method.init(fr.key(0), model.init(fr.key(0))), batch, fr.key(3))
     v = state.momentum["theta"].double()
     assert torch.equal(state.params["theta"], state.momentum["theta"])
     assert v.var().item() == pytest.approx(expected_var, rel=0.05)
 
 
-def test_gibbs_precision_matches_the_conjugate_posterior():
+@pytest.mark.parametrize("temperature", [1.0, 0.25])
+def test_gibbs_precision_matches_the_conjugate_posterior(temperature):
+    # (Gamma(10, 10) prior x N(theta; 0, 1/lambda) likelihood)^(1/T), normalised in lambda
     theta = {"w": torch.linspace(-1.0, 1.0, 12).reshape(3, 4)}
-    shape, rate = 10.0 + 12 / 2, 10.0 + 0.5 * float((theta["w"] ** 2).sum())
-    draws = torch.func.vmap(lambda k: sgmcmc.gibbs_precision(k, theta, 10.0, 10.0))(fr.split(fr.key(4), 3000))["w"]
+    shape = (10.0 - 1 + 12 / 2) / temperature + 1
+    rate = (10.0 + 0.5 * float((theta["w"] ** 2).sum())) / temperature
+    draws = torch.func.vmap(lambda k: sgmcmc.gibbs_precision(k, theta, 10.0, 10.0, temperature))(
+        fr.split(fr.key(4), 3000))["w"]
     assert draws.shape == (3000,)
     assert draws.double().mean().item() == pytest.approx(shape / rate, rel=0.02)
     assert draws.double().var().item() == pytest.approx(shape / rate ** 2, rel=0.08)
@@ -519,6 +525,8 @@ def _bad(**kw):
 ] + [
     (s, {"temperature": v}, "temperature") for s in ("sgld", "psgld", "sghmc")
     for v in (0.0, -1.0, float("nan"), lambda c: torch.tensor(0.0))
+] + [
+    ("sghmc_sa", {"temperature": v}, "temperature") for v in (0.0, -1.0, lambda c: 1.0)
 ] + [
     (s, {"friction": v}, "friction") for s in ("sghmc", "sghmc_sa") for v in (0.0, 1.5, -0.1)
 ] + [

@@ -14,7 +14,7 @@ Conditional updates (momentum resampling, Gibbs steps, burn-in adaptation) are
 selected with ``torch.where`` on the step count, never Python branches, so that a
 batch of chains stays one vmapped computation. A learning rate and a temperature are
 each a float or a schedule ``count (int64 tensor) -> value`` as in ``fbnn.optim``
-(``optim.cyclical_cosine`` for cyclical SG-MCMC).
+(``optim.cyclical_cosine`` for cyclical SG-MCMC); ``sghmc_sa``'s temperature is a float.
 """
 from __future__ import annotations
 
@@ -323,20 +323,22 @@ def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, tem
 
 # --- SGHMC with scale adaptation -------------------------------------------------------------
 
-def gibbs_precision(key, params, alpha0: float, beta0: float):
+def gibbs_precision(key, params, alpha0: float, beta0: float, temperature: float = 1.0):
     """One Gibbs draw of each parameter tensor's prior precision (SPEC 3.9).
 
     For a tensor theta of n elements under N(0, 1/lambda) with lambda ~ Gamma(alpha0,
     rate beta0), the conditional is ``lambda | theta ~ Gamma(alpha0 + n/2, rate beta0 +
-    sum(theta^2)/2)``. ``params``: a pytree; returns a pytree of ``()`` tensors, one
-    subkey of ``key`` per tensor.
+    sum(theta^2)/2)``. At temperature T (the joint raised to 1/T) it is
+    ``Gamma((alpha0 - 1 + n/2) / T + 1, rate (beta0 + sum(theta^2)/2) / T)``: the same
+    mode, about T times the variance. ``params``: a pytree; returns a pytree of ``()``
+    tensors, one subkey of ``key`` per tensor.
     """
     flat, spec = tree.flatten(params)
     keys = fr.split(key, len(flat))
     out = []
     for k, p in zip(keys, flat):
-        shape_ = alpha0 + 0.5 * p.numel()
-        rate = beta0 + 0.5 * p.to(torch.float64).pow(2).sum()
+        shape_ = (alpha0 - 1.0 + 0.5 * p.numel()) / temperature + 1.0
+        rate = (beta0 + 0.5 * p.to(torch.float64).pow(2).sum()) / temperature
         out.append((fr.gamma(k, shape_, (), dtype=torch.float64) / rate).to(p.dtype))
     return tree.unflatten(out, spec)
 
@@ -355,7 +357,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
              prior_sigma: float | None = 0.1, alpha0: float = 10.0, beta0: float = 10.0,
              resample_momentum_every: int | None = 50, resample_prior_every: int | None = 15,
              clip_std_mul: float | None = 20.0, clip_warmup: int = 1000,
-             eps: float = 1e-6, adaptation: str = "seed") -> base.Method:
+             eps: float = 1e-6, adaptation: str = "seed", temperature: float = 1.0) -> base.Method:
     """SGHMC with scale adaptation (Springenberg et al. 2016), the seed's sampler (SPEC 3.9).
 
     Defaults are SPEC 8 ``sghmc_sa`` (lr eta 1e-2, C 0.05, prior sigma 0.1, alpha0 =
@@ -374,8 +376,13 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     3. while t < burn_in: tau <- tau - tau g_avg^2 / (V_hat + eps) + 1, r = 1 / (tau + eps),
        g_avg <- (1 - r) g_avg + r g, V_hat <- (1 - r) V_hat + r g^2 (tau first, the
        new tau in r).
-    4. m = 1 / (sqrt(V_hat) + eps); if t % resample_momentum_every == 0: v ~ N(0, eta^2 m);
-       v <- v - eta^2 m g - C v + N(0, max(2 eta^2 m C - eta^4, 1e-16)); theta <- theta + v.
+    4. m = 1 / (sqrt(V_hat) + eps); if t % resample_momentum_every == 0: v ~ N(0, eta^2 m T);
+       v <- v - eta^2 m g - C v + N(0, max(2 eta^2 m C T - eta^4, 1e-16)); theta <- theta + v.
+
+    ``temperature`` T (a float; 1, the default, is the seed's sampler) targets
+    p(theta, lambda | D)^(1/T); the Gibbs step draws from the tempered conditional
+    (``gibbs_precision``), and the eta^4 term, a stand-in for the gradient noise, is
+    not scaled.
 
     ``adaptation``: ``"seed"`` (default) is step 3 as written, the seed's order (SPEC 3.9).
     From tau = g_avg = V_hat = 1 it gives r = 1 - O(1e-6), and tau stays near 1 for as
@@ -398,6 +405,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     _check_rate(lr, "lr", who)
     _check_friction(friction, who)
     _check_count(burn_in, "burn_in", who, 0)
+    temperature = _finite_positive(temperature, "temperature", who)
     alpha0 = _finite_positive(alpha0, "alpha0", who)
     beta0 = _finite_positive(beta0, "beta0", who)
     eps = _finite_positive(eps, "eps", who)
@@ -458,12 +466,12 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
         tau = torch.where(adapt, tau_new, tau)
         g_avg = torch.where(adapt, g_avg_new, g_avg)
         v_hat = torch.where(adapt, v_hat_new, v_hat)
-        # m = 1 / (sqrt(V_hat) + eps); v ~ N(0, eta^2 m) on resampling steps
+        # m = 1 / (sqrt(V_hat) + eps); v ~ N(0, eta^2 m T) on resampling steps
         m = 1.0 / (v_hat.sqrt() + eps)
         eta2 = (eta ** 2).to(p.dtype)
-        v = torch.where(redraw, torch.sqrt(eta2 * m) * z_mom, v)
-        # v <- v - eta^2 m g - C v + N(0, max(2 eta^2 m C - eta^4, 1e-16)); theta <- theta + v
-        noise_var = torch.clamp(2.0 * eta2 * m * friction - eta2 ** 2, min=_NOISE_FLOOR)
+        v = torch.where(redraw, torch.sqrt(eta2 * m * temperature) * z_mom, v)
+        # v <- v - eta^2 m g - C v + N(0, max(2 eta^2 m C T - eta^4, 1e-16)); theta <- theta + v
+        noise_var = torch.clamp(2.0 * eta2 * m * friction * temperature - eta2 ** 2, min=_NOISE_FLOOR)
         v = v - eta2 * m * g - friction * v + noise_var.sqrt() * z
         return p + v, v, tau, g_avg, v_hat
 
@@ -473,7 +481,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
         grads, norm, buf, start, size, max_norm = clip(grads, state)
         precision = state.precision
         if resample_prior_every is not None:
-            drawn = gibbs_precision(k_prior, state.params, alpha0, beta0)
+            drawn = gibbs_precision(k_prior, state.params, alpha0, beta0, temperature)
             redraw_prior = _every(state.count, resample_prior_every)
             precision = tree.map(lambda new, old: torch.where(redraw_prior, new, old), drawn, precision)
         eta = _rate(lr, state.count)
