@@ -96,7 +96,6 @@ def _check_rate(rate, what: str, who: str):
     return _finite_positive(rate, what, who)
 
 
-
 def _check_n_data(n_data, who: str) -> None:
     if isinstance(n_data, bool) or not isinstance(n_data, numbers.Integral) or n_data < 1:
         raise ValueError(f"{who}: n_data (the training-set size) must be an int >= 1, got {n_data!r}")
@@ -160,9 +159,12 @@ def _grad_fn(model, likelihood, prior, n_data):
     return grad_fn
 
 
-def _static_rate(lr):
-    """A constant learning rate as a Python float (fused tensor ops), else None."""
-    return None if callable(lr) else float(lr)
+def _step_rates(lr, temperature):
+    """``count -> (lr, T)``: Python floats when both are constants (the fused float ops),
+    else ``()`` float64 tensors."""
+    if not callable(lr) and not callable(temperature):
+        return lambda count: (float(lr), float(temperature))
+    return lambda count: (_rate(lr, count), _rate(temperature, count))
 
 
 def _method(init, step, model, likelihood, name) -> base.Method:
@@ -195,7 +197,7 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0) -> base.Met
     _check_rate(lr, "lr", who)
     temperature = _check_rate(temperature, "temperature", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
-    static_eps, static_t = _static_rate(lr), _static_rate(temperature)
+    rates = _step_rates(lr, temperature)
 
     def init(key, params):
         return SgldState(params, model.init_state(), _zero_count())
@@ -204,13 +206,13 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0) -> base.Met
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
         xi = tree.normal_like(k_noise, state.params)
-        if static_eps is not None and static_t is not None:
-            eps, noise_scale = static_eps, math.sqrt(static_eps * static_t)
+        eps, temp = rates(state.count)
+        if isinstance(eps, float):
+            noise_scale = math.sqrt(eps * temp)
             params = tree.map(lambda p, g, z: torch.add(p, g, alpha=-0.5 * eps).add_(z, alpha=noise_scale),
                               state.params, grads, xi)
         else:
-            eps = _rate(lr, state.count)
-            noise_scale = torch.sqrt(eps * _rate(temperature, state.count))
+            noise_scale = torch.sqrt(eps * temp)
             params = tree.map(lambda p, g, z: p - 0.5 * eps * g + noise_scale * z, state.params, grads, xi)
         return SgldState(params, model_state, state.count + 1), {"loss": loss.detach()}
 
@@ -243,7 +245,7 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
         raise ValueError(f"{who}: alpha must be in (0, 1), got {alpha!r}")
     eps = _finite_positive(eps, "eps", who)
     grad_fn = _grad_fn(model, likelihood, prior, n_data)
-    static_lr, static_t = _static_rate(lr), _static_rate(temperature)
+    rates = _step_rates(lr, temperature)
 
     def init(key, params):
         return PsgldState(params, tree.zeros_like(params), model.init_state(), _zero_count())
@@ -253,7 +255,7 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
         v = torch.addcmul(v * alpha, g, g, value=1 - alpha)
         precond = v.sqrt().add_(eps)
         # theta <- theta - (eps/2) g / G + sqrt(eps T / G) xi
-        if isinstance(step_size, float) and isinstance(temp, float):
+        if isinstance(step_size, float):
             p = torch.addcdiv(p, g, precond, value=-0.5 * step_size)
             return torch.addcmul(p, precond.rsqrt_(), z, value=math.sqrt(step_size * temp)), v
         p = p - 0.5 * step_size * g / precond + torch.sqrt(step_size * temp / precond) * z
@@ -262,8 +264,7 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
     def step(state, batch, key):
         k_model, k_noise = fr.split(key, 2)
         grads, (loss, model_state) = grad_fn(state.params, state.model_state, batch, k_model)
-        step_size = static_lr if static_lr is not None else _rate(lr, state.count)
-        temp = static_t if static_t is not None else _rate(temperature, state.count)
+        step_size, temp = rates(state.count)
         xi = tree.normal_like(k_noise, state.params)
         flat_p, spec = tree.flatten(state.params)
         out = [update(p, g, v, z, step_size, temp) for p, g, v, z in
