@@ -269,6 +269,16 @@ def test_gibbs_precision_matches_the_conjugate_posterior(temperature):
     assert draws.double().var().item() == pytest.approx(shape / rate ** 2, rel=0.08)
 
 
+def test_cold_gibbs_step_raises_a_free_tensors_precision_by_about_one_over_t():
+    # the runaway sghmc_sa's docstring warns of: at temperature T a tensor the likelihood
+    # leaves free has theta ~ N(0, T / lambda), and the tempered Gibbs draw (mode n / sum
+    # theta^2) lands near lambda / T. n = 1e5 makes the relative sd about 0.5 %; beta0 1e-2 adds 0.02 %.
+    lam, temperature = 100.0, 0.1
+    theta = {"w": fr.normal(fr.key(5), (100_000,), dtype=torch.float64) * math.sqrt(temperature / lam)}
+    drawn = sgmcmc.gibbs_precision(fr.key(6), theta, 1.0, 1e-2, temperature)["w"]
+    assert drawn.item() == pytest.approx(lam / temperature, rel=0.02)
+
+
 def test_sghmc_sa_with_gibbs_steps_samples_the_hierarchical_posterior():
     # a silent likelihood: the joint posterior of (theta (3,), lambda) is the prior
     # lambda ~ Gamma(10, rate 10), theta | lambda ~ N(0, 1/lambda), whose marginals are
