@@ -383,10 +383,10 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     ``temperature`` T (a float; 1, the default, is the seed's sampler) targets
     p(theta, lambda | D)^(1/T); the Gibbs step draws from the tempered conditional
     (``gibbs_precision``), and the eta^4 term, a stand-in for the gradient noise, is
-    not scaled. Below T = 1 that Gibbs step runs away: weights the likelihood leaves free
-    have variance about T / lambda, so a draw (mode n / sum(theta^2)) multiplies lambda by
-    about 1 / T until the likelihood holds it (MNIST row ``sghmc_sa_T0.1_120ep``); cold
-    runs keep the prior fixed (``resample_prior_every=None``; ``--resample-prior-every 0``).
+    not scaled. Below T = 1 the precisions run away: weights the likelihood leaves free
+    have variance about T / lambda, so each Gibbs draw (mode n / sum(theta^2)) multiplies
+    lambda by about 1 / T until the likelihood holds it (MNIST row ``sghmc_sa_T0.1_120ep``);
+    cold runs keep the prior fixed (``resample_prior_every=None``; ``--resample-prior-every 0``).
 
     ``adaptation``: ``"seed"`` (default) is step 3 as written, the seed's order (SPEC 3.9).
     From tau = g_avg = V_hat = 1 it gives r = 1 - O(1e-6), and tau stays near 1 for as
