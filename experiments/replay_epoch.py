@@ -28,7 +28,7 @@ def replay(run: Path, data_dir=None):
     x, y, xt, yt, info = cli.load_dataset(cfg["dataset"], data_dir, cfg.get("split", 0))
     x, y, _, _ = cli._subsets(cfg, x, y, xt, yt)
     model, method = cli.build(cfg, x.shape[-1], x.shape[0], info.get("n_classes", 10))
-    if method.streams != 1:
+    if method.streams is not None:
         raise ValueError(f"replay_epoch: {run} trains {method.streams} streams; only single-stream runs replay")
     state = ckpt["state"]
     order = cli.run_order(cfg, cli.mlp_sizes(cfg, x.shape[-1], info.get("n_classes", 10)), x.shape[0])

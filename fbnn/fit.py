@@ -137,14 +137,14 @@ def _batches(n: int, batch_size: int, drop_last: bool):
     return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
 
 
-def _orders(shuffle_key, n: int, streams: int) -> torch.Tensor:
+def _orders(shuffle_key, n: int, streams: int | None) -> torch.Tensor:
     """One epoch's example order: ``(n,)``, or ``(streams, n)`` independent shuffles."""
-    if streams == 1:
+    if streams is None:
         return fr.permutation(shuffle_key, n)
     return torch.stack([fr.permutation(k, n) for k in fr.split(shuffle_key, streams)])
 
 
-def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int = 1, drop_last: bool = False,
+def epoch_batches(key, epoch: int, n: int, batch_size: int, streams: int | None = None, drop_last: bool = False,
                   order: Callable | None = None):
     """One epoch's minibatches as ``fit`` takes them: ``(i, idx, step_key)`` per step, ``idx``
     ``(B,)``, or ``(streams, B)`` for independent shuffles; ``order(epoch)`` in place of the
@@ -242,14 +242,14 @@ def fit(method, state, data, key, *, epochs: int, batch_size: int, eval_fn: Call
         raise ValueError(f"fit: no stream has a full batch of {batch_size} examples with drop_last=True")
     if collector is not None:
         collector.validate(epochs, n_steps)
-    if order is not None and (streams > 1 or subsets is not None):
+    if order is not None and (streams is not None or subsets is not None):
         raise ValueError(f"fit: order gives one example order per epoch; method {method.name!r} trains "
                          f"{streams} streams{' on subsets' if subsets is not None else ''}, each with its own")
     settings = {"method": method.name, "n": n, "batch_size": batch_size, "drop_last": drop_last,
                 "key": key.tolist()}
     if order is not None:
         settings["order"] = repr(order)
-    if streams > 1:
+    if streams is not None:
         settings["streams"] = streams
     if subsets is not None:
         settings["subset_sizes"] = [s.numel() for s in subsets]

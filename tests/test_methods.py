@@ -72,7 +72,7 @@ def test_ensemble_vmap_equals_a_loop_over_members(toy_classification, batches):
     inner = _map(model, lr=0.01)
     n = 3
     ens = methods.ensemble(inner, n, resample="bernoulli", n_data=256, batches=batches)
-    assert ens.streams == (n if batches == "independent" else 1)
+    assert ens.streams == (n if batches == "independent" else None)
     params = methods.init_members(model, fr.key(0), n)
     st = ens.init(fr.key(1), params)
     if batches == "shared":
@@ -113,6 +113,29 @@ def test_fit_gives_ensemble_members_independent_shuffles(toy_classification):
         assert torch.equal(epoch0[j].sort().values, torch.arange(256))
     assert not torch.equal(epoch0[0], epoch0[1])
     assert not torch.equal(epoch0, torch.cat(seen[4:], dim=1))
+
+
+@pytest.mark.parametrize("resample", [None, "bernoulli"])
+def test_a_one_member_ensemble_fits_as_its_member_on_its_own_stream(toy_classification, resample):
+    # n = 1 still takes stacked (1, B) batches: fit must build them from one stream's shuffle
+    x, y = toy_classification
+    model = models.mlp([8, 16, 3])
+    inner = _map(model, lr=0.01)
+    ens = methods.ensemble(inner, 1, resample=resample, n_data=256)
+    assert ens.streams == 1
+    params = methods.init_members(model, fr.key(0), 1)
+    state = ens.init(fr.key(1), params)
+    res = fbnn.fit(ens, state, (x, y), fr.key(3), epochs=2, batch_size=100, progress=False)
+    s = inner.init(fr.split(fr.split(fr.key(1), 2)[0], 1)[0], tree.index(params, 0))
+    for epoch in range(2):
+        shuffle_key, step_base = epoch_keys(fr.key(3), epoch)
+        order = fr.permutation(fr.split(shuffle_key, 1)[0], 256)
+        for i, lo in enumerate(range(0, 256, 100)):
+            idx = order[lo:lo + 100]
+            weight = None if resample is None else state.weights[0, idx]
+            s, _ = inner.step(s, methods.Batch(x[idx], y[idx], idx, weight),
+                              fr.split(fr.fold_in(step_base, i), 1)[0])
+    assert tree.allclose(s.params, tree.index(res.state.members.params, 0), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("resample", ["bernoulli", "bootstrap"])

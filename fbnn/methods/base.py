@@ -11,10 +11,11 @@ A ``Method`` is a bundle of pure functions:
 - ``keyed``: whether predictions from ``sample``'s draws need a key per draw
   (MC dropout's masks);
 - ``model``, ``name``;
-- ``streams``: how many independent minibatch streams ``step`` consumes. 1 for a
-  single method; ``ensemble(..., batches="independent")`` has one per member and takes
-  batches with a leading member axis, ``x (n, B, ...)``, which ``fit`` builds from
-  ``n`` independent shuffles;
+- ``streams``: ``None`` for a method whose ``step`` takes one plain batch ``x (B, ...)``
+  (a single method, ``ensemble(..., batches="shared")``); else the number of independent
+  minibatch streams it consumes, stacked along a leading axis, ``x (streams, B, ...)``,
+  which ``fit`` builds from that many independent shuffles.
+  ``ensemble(..., batches="independent")`` has one per member, a one-member ensemble too;
 - ``subsets``: ``None``, or ``subsets(state) -> [(n_s,), ...]``, one index tensor per
   stream: the examples that stream trains on (repeats allowed). ``fit`` then shuffles
   each stream's own examples every epoch, takes full batches of them, and pads the
@@ -60,7 +61,7 @@ class Method(NamedTuple):
     model: Any
     keyed: bool
     name: str
-    streams: int = 1
+    streams: Optional[int] = None
     subsets: Optional[Callable] = None
 
 

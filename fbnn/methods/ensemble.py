@@ -72,8 +72,8 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
         raise ValueError(f"ensemble: n must be a positive int, got {n!r}")
     if batches not in BATCHES:
         raise ValueError(f"ensemble: unknown batches {batches!r}; choose one of {BATCHES}")
-    if method.streams != 1:
-        raise ValueError("ensemble: the inner method already takes several minibatch streams "
+    if method.streams is not None:
+        raise ValueError("ensemble: the inner method already takes stacked minibatch streams "
                          "(an ensemble with batches='independent'); nest with batches='shared'")
     independent = batches != "shared"
     if resample not in RESAMPLING:
@@ -159,4 +159,4 @@ def ensemble(method: base.Method, n: int, *, resample: str | None = None, n_data
         return [rows.repeat_interleave(w.long()) for w in state.weights]
 
     return base.Method(init, step, sample, check, method.model, method.keyed, f"ensemble({method.name})",
-                       n if independent else 1, subsets if batches == "subset" else None)
+                       n if independent else None, subsets if batches == "subset" else None)
