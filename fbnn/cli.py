@@ -108,20 +108,20 @@ def _sampler(cfg: dict, model, lik, n_data: int):
     """An SG-MCMC method; the gradient is N x minibatch-mean NLL + prior (SPEC 1.3)."""
     name, lr, sigma = cfg["method"], cfg["lr"], cfg["prior_sigma"]
     prior = priors.normal(sigma)
-    temperature = cfg.get("temperature", 1.0)
+    tempering = {"temperature": cfg.get("temperature", 1.0),
+                 "likelihood_temperature": cfg.get("likelihood_temperature", 1.0)}
     if name == "sgld":
-        return methods.sgld(model, lik, prior, n_data, lr, temperature=temperature)
+        return methods.sgld(model, lik, prior, n_data, lr, **tempering)
     if name == "psgld":
-        return methods.psgld(model, lik, prior, n_data, lr, alpha=cfg["alpha"], eps=cfg["eps"],
-                             temperature=temperature)
+        return methods.psgld(model, lik, prior, n_data, lr, alpha=cfg["alpha"], eps=cfg["eps"], **tempering)
     if name == "sghmc":
-        return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"], temperature=temperature,
-                             resample_momentum_every=cfg["resample_momentum_every"])
+        return methods.sghmc(model, lik, prior, n_data, lr, friction=cfg["friction"],
+                             resample_momentum_every=cfg["resample_momentum_every"], **tempering)
     return methods.sghmc_sa(model, lik, n_data, lr, burn_in=cfg["adapt_epochs"] * steps_per_epoch(cfg, n_data),
                             friction=cfg["friction"], prior_sigma=sigma,
                             resample_momentum_every=cfg["resample_momentum_every"],
                             resample_prior_every=cfg["resample_prior_every"], clip_std_mul=cfg["clip_std_mul"],
-                            adaptation=cfg.get("adaptation", "seed"), temperature=temperature)
+                            adaptation=cfg.get("adaptation", "seed"), **tempering)
 
 
 def _collector(cfg: dict, directory) -> Collector | None:
@@ -277,8 +277,9 @@ def _run_config(args) -> dict:
     cfg = {k: getattr(args, k) for k in keys}
     if args.method == "sghmc_sa":
         cfg["adaptation"] = args.adaptation
-    if args.method in SAMPLERS and args.temperature != 1.0:  # only when set: older configs compare equal
-        cfg["temperature"] = args.temperature
+    for k in ("temperature", "likelihood_temperature"):  # only when set: older configs compare equal
+        if args.method in SAMPLERS and getattr(args, k) != 1.0:
+            cfg[k] = getattr(args, k)
     cfg.update({k: getattr(args, k) for k in ("val", "subset", "test_subset")
                 if getattr(args, k, None) is not None})
     if args.batches != "independent":  # only when set, so older runs' configs still compare equal
@@ -468,6 +469,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--friction", type=float, default=0.05, help="SGHMC friction C")
     g.add_argument("--temperature", type=_positive_float, default=1.0,
                    help="posterior temperature T (> 0): samples exp(-U/T); T < 1 is a cold posterior")
+    g.add_argument("--likelihood-temperature", type=_positive_float, default=1.0,
+                   help="likelihood temperature T_lik (> 0): N / T_lik x minibatch-mean NLL + prior, "
+                        "so the prior (and sghmc_sa's Gibbs step) stays untempered")
     g.add_argument("--resample-momentum-every", type=_every_or_never, default=50,
                    help="steps (SGHMC); 0: never")
     g.add_argument("--resample-prior-every", type=_every_or_never, default=15,

@@ -192,6 +192,32 @@ def test_temperature_scales_the_noise_of_one_cli_sampler_step(tmp_path, method):
         torch.testing.assert_close(q - f, 0.5 * (h - f), rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["sgld", "psgld", "sghmc", "sghmc_sa"])
+def test_likelihood_temperature_reaches_the_cli_sampler(tmp_path, method):
+    rc, run = _train(tmp_path, "--method", method, "--likelihood-temperature", "0.5", "--lr", "1e-4",
+                     "--epochs", "2", "--collect-from", "1", "--thin", "1", "--keep", "1", "--adapt-epochs", "1",
+                     "--batch-size", "32")
+    assert rc == 0
+    cfg = json.loads((run / "metrics.json").read_text())["config"]
+    assert cfg["likelihood_temperature"] == 0.5 and "temperature" not in cfg
+    x, y, *_ = cli.load_dataset("toy-hetero", None, None)
+    x, y = x.double(), y.double()
+
+    def one_step(config):  # the same state, batch and key
+        model, sampler = cli.build(config, x.shape[-1], x.shape[0], None)
+        state = sampler.init(fr.key(1), tree.map(lambda t: t.double(), model.init(fr.key(2))))
+        batch = methods.base.Batch(x[:32], y[:32], torch.arange(32))
+        return tree.leaves(sampler.step(state, batch, fr.key(3))[0].params)
+
+    default = {k: v for k, v in cfg.items() if k != "likelihood_temperature"}
+    half, one, none = (one_step({**cfg, "likelihood_temperature": t}) for t in (0.5, 1.0, 1e12))
+    assert all(torch.equal(a, b) for a, b in zip(one_step(default), one))
+    assert any(not torch.equal(a, b) for a, b in zip(half, one))
+    if method in ("sgld", "sghmc"):  # the first move is linear in N / T_lik: T_lik 0.5 adds one more N g_lik
+        for h, o, f in zip(half, one, none):
+            torch.testing.assert_close(h - o, o - f, rtol=1e-6, atol=1e-12)
+
+
 def test_temperature_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _train(tmp_path, "--method", "sgld", "--temperature", "0")

@@ -15,6 +15,8 @@ selected with ``torch.where`` on the step count, never Python branches, so that 
 batch of chains stays one vmapped computation. A learning rate and a temperature are
 each a float or a schedule ``count (int64 tensor) -> value`` as in ``fbnn.optim``
 (``optim.cyclical_cosine`` for cyclical SG-MCMC); ``sghmc_sa``'s temperature is a float.
+A temperature T samples exp(-U / T); ``likelihood_temperature`` T_lik (a float) instead
+replaces N by N / T_lik, which tempers the likelihood and leaves the prior as it is.
 """
 from __future__ import annotations
 
@@ -101,6 +103,13 @@ def _check_n_data(n_data, who: str) -> None:
         raise ValueError(f"{who}: n_data (the training-set size) must be an int >= 1, got {n_data!r}")
 
 
+def _data_weight(n_data, likelihood_temperature, who: str) -> float:
+    """N / T_lik, the weight of the minibatch-mean NLL in the potential: the likelihood
+    raised to 1 / T_lik, the prior and the noise left as they are."""
+    _check_n_data(n_data, who)
+    return n_data / _finite_positive(likelihood_temperature, "likelihood_temperature", who)
+
+
 def _check_friction(friction, who: str) -> None:
     v = _finite_positive(friction, "friction", who)
     if v > 1:
@@ -183,20 +192,23 @@ def _zero_count() -> torch.Tensor:
 
 # --- SGLD ---------------------------------------------------------------------------------
 
-def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0) -> base.Method:
+def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0,
+         likelihood_temperature: float = 1.0) -> base.Method:
     """Stochastic-gradient Langevin dynamics (Welling & Teh 2011; SPEC 3.6).
 
     Per step, with g the minibatch gradient of U, eps = lr(count) and T = temperature(count):
     ``theta <- theta - (eps / 2) g + sqrt(eps T) xi``, xi ~ N(0, I). A constant
-    ``temperature`` T targets p(theta | D)^(1/T). ``prior`` is an ``fbnn.priors.Prior``
-    (or None for a flat one); the seed's is ``priors.normal(0.1)``. The state is
-    ``SgldState``.
+    ``temperature`` T targets p(theta | D)^(1/T). ``likelihood_temperature`` T_lik
+    tempers the likelihood alone: U = (N / T_lik) mean NLL - log p(theta), the target
+    p(D | theta)^(1/T_lik) p(theta) (the same in every sampler). ``prior`` is an
+    ``fbnn.priors.Prior`` (or None for a flat one); the seed's is ``priors.normal(0.1)``.
+    The state is ``SgldState``.
     """
     who = "sgld"
-    _check_n_data(n_data, who)
+    data_weight = _data_weight(n_data, likelihood_temperature, who)
     _check_rate(lr, "lr", who)
     temperature = _check_rate(temperature, "temperature", who)
-    grad_fn = _grad_fn(model, likelihood, prior, n_data)
+    grad_fn = _grad_fn(model, likelihood, prior, data_weight)
     rates = _step_rates(lr, temperature)
 
     def init(key, params):
@@ -222,7 +234,7 @@ def sgld(model, likelihood, prior, n_data: int, lr, temperature=1.0) -> base.Met
 # --- pSGLD --------------------------------------------------------------------------------
 
 def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: float = 1e-8,
-          temperature=1.0) -> base.Method:
+          temperature=1.0, likelihood_temperature: float = 1.0) -> base.Method:
     """Preconditioned SGLD with RMSprop's diagonal preconditioner (Li et al. 2016; SPEC 3.7).
 
     Per step, on the full potential gradient g (prior included):
@@ -238,13 +250,13 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
     state is ``PsgldState``.
     """
     who = "psgld"
-    _check_n_data(n_data, who)
+    data_weight = _data_weight(n_data, likelihood_temperature, who)
     _check_rate(lr, "lr", who)
     temperature = _check_rate(temperature, "temperature", who)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
         raise ValueError(f"{who}: alpha must be in (0, 1), got {alpha!r}")
     eps = _finite_positive(eps, "eps", who)
-    grad_fn = _grad_fn(model, likelihood, prior, n_data)
+    grad_fn = _grad_fn(model, likelihood, prior, data_weight)
     rates = _step_rates(lr, temperature)
 
     def init(key, params):
@@ -279,7 +291,7 @@ def psgld(model, likelihood, prior, n_data: int, lr, alpha: float = 0.99, eps: f
 # --- SGHMC --------------------------------------------------------------------------------
 
 def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, temperature=1.0,
-          resample_momentum_every: int | None = None) -> base.Method:
+          resample_momentum_every: int | None = None, likelihood_temperature: float = 1.0) -> base.Method:
     """Stochastic-gradient HMC (Chen, Fox & Guestrin 2014) in the v-parametrisation.
 
     With v = eps M^-1 r (the per-step displacement), learning rate eta = eps^2 M^-1 and
@@ -292,12 +304,12 @@ def sghmc(model, likelihood, prior, n_data: int, lr, friction: float = 0.05, tem
     multiple of k (count 0 included). The state is ``SghmcState``.
     """
     who = "sghmc"
-    _check_n_data(n_data, who)
+    data_weight = _data_weight(n_data, likelihood_temperature, who)
     _check_rate(lr, "lr", who)
     _check_friction(friction, who)
     temperature = _check_rate(temperature, "temperature", who)
     _check_every(resample_momentum_every, "resample_momentum_every", who)
-    grad_fn = _grad_fn(model, likelihood, prior, n_data)
+    grad_fn = _grad_fn(model, likelihood, prior, data_weight)
 
     def init(key, params):
         return SghmcState(params, tree.zeros_like(params), model.init_state(), _zero_count())
@@ -358,7 +370,8 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
              prior_sigma: float | None = 0.1, alpha0: float = 10.0, beta0: float = 10.0,
              resample_momentum_every: int | None = 50, resample_prior_every: int | None = 15,
              clip_std_mul: float | None = 20.0, clip_warmup: int = 1000,
-             eps: float = 1e-6, adaptation: str = "seed", temperature: float = 1.0) -> base.Method:
+             eps: float = 1e-6, adaptation: str = "seed", temperature: float = 1.0,
+             likelihood_temperature: float = 1.0) -> base.Method:
     """SGHMC with scale adaptation (Springenberg et al. 2016), the seed's sampler (SPEC 3.9).
 
     Defaults are SPEC 8 ``sghmc_sa`` (lr eta 1e-2, C 0.05, prior sigma 0.1, alpha0 =
@@ -386,7 +399,11 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     not scaled. Below T = 1 the precisions run away: weights the likelihood leaves free
     have variance about T / lambda, so each Gibbs draw (mode n / sum(theta^2)) multiplies
     lambda by about 1 / T until the likelihood holds it (MNIST row ``sghmc_sa_T0.1_120ep``);
-    cold runs keep the prior fixed (``resample_prior_every=None``; ``--resample-prior-every 0``).
+    cold runs keep the prior fixed (``resample_prior_every=None``; ``--resample-prior-every 0``),
+    or temper the likelihood alone: ``likelihood_temperature`` T_lik puts N / T_lik in front
+    of the mean NLL and leaves the prior, the Gibbs step and the noise at T (the target is
+    p(D | theta)^(1/T_lik) p(theta | lambda) p(lambda) at T = 1), so free weights keep
+    variance 1 / lambda and the Gibbs draws stay put.
 
     ``adaptation``: ``"seed"`` (default) is step 3 as written, the seed's order (SPEC 3.9).
     From tau = g_avg = V_hat = 1 it gives r = 1 - O(1e-6), and tau stays near 1 for as
@@ -405,7 +422,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     (pre-clip) and "max_norm".
     """
     who = "sghmc_sa"
-    _check_n_data(n_data, who)
+    data_weight = _data_weight(n_data, likelihood_temperature, who)
     _check_rate(lr, "lr", who)
     _check_friction(friction, who)
     _check_count(burn_in, "burn_in", who, 0)
@@ -430,7 +447,7 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
                              f"got {clip_std_mul!r}")
         _check_count(clip_warmup, "clip_warmup", who, 1)
     capacity = clip_warmup + 1 if clip_std_mul is not None else 0
-    grad_fn = _grad_fn(model, likelihood, None, n_data)
+    grad_fn = _grad_fn(model, likelihood, None, data_weight)
 
     def init(key, params):
         lam = 0.0 if prior_sigma is None else 1.0 / prior_sigma ** 2
