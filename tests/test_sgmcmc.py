@@ -190,25 +190,29 @@ LINREG_SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(LINREG_SAMPLERS))
-def test_linear_regression_posterior_through_fit(name):
-    # fit with real 8-of-32 minibatches and a per-step Collector that drops the first half
-    model, lik, data, mean, cov = _linear_regression()
-    prior = priors.normal(1.0)
-    make, steps = LINREG_SAMPLERS[name]
-    method = make(model, lik, prior, 32)
+def _linreg_draws(name, method, model, lik, prior, data, mean, cov, steps, data_weight=32):
+    """Chains from mean + 1.5 sd N(0, 1) through fit with real 8-of-32 minibatches and a
+    per-step Collector that drops the first half: draws ``(steps / 2, C, 3)`` of (w1, w2, b)."""
     sd = cov.diagonal().sqrt().float()
     p0 = model.init(fr.key(1))
     params = {"w": mean[:2].float() + 1.5 * sd[:2] * p0["w"], "b": mean[2].float() + 1.5 * sd[2] * p0["b"]}
     state = method.init(fr.key(0), params)
     if name == "psgld":
-        state = _warm_preconditioner(state, model, lik, prior, 32, data)
+        state = _warm_preconditioner(state, model, lik, prior, data_weight, data)
     res = fbnn.fit(method, state, data, fr.key(7), epochs=steps // 4, batch_size=8, progress=False,
                    collector=fbnn.Collector(burn_in=steps // 2, every="step"))
     s = res.samples.params
-    assert s["w"].shape == (steps // 2, COPIES, 2)
-    draws = torch.cat([s["w"], s["b"].unsqueeze(-1)], -1).reshape(-1, 3)
-    _assert_moments(draws, mean, cov)
+    return torch.cat([s["w"], s["b"].unsqueeze(-1)], -1)
+
+
+@pytest.mark.parametrize("name", list(LINREG_SAMPLERS))
+def test_linear_regression_posterior_through_fit(name):
+    model, lik, data, mean, cov = _linear_regression()
+    prior = priors.normal(1.0)
+    make, steps = LINREG_SAMPLERS[name]
+    draws = _linreg_draws(name, make(model, lik, prior, 32), model, lik, prior, data, mean, cov, steps)
+    assert draws.shape == (steps // 2, COPIES, 3)
+    _assert_moments(draws.reshape(-1, 3), mean, cov)
 
 
 @pytest.mark.parametrize("name", list(LINREG_SAMPLERS))
@@ -222,25 +226,15 @@ def test_likelihood_tempered_linear_regression_posterior(name):
     t_lik, sigma_prior = 0.25, 0.5
     lr_scale, more_steps = {"sghmc": 0.1, "sghmc_sa": 0.5}.get(name, t_lik), 2 if name == "sghmc_sa" else 1
     model, lik, data, mean, cov = _linear_regression(sigma_prior=sigma_prior, likelihood_temperature=t_lik)
-    _, _, _, mean_1, cov_1 = _linear_regression(sigma_prior=sigma_prior)
+    cov_untempered = _linear_regression(sigma_prior=sigma_prior)[4]
     sd = cov.diagonal().sqrt()
-    assert ((cov_1 / 4 - cov).abs() / torch.outer(sd, sd)).max() > 0.3
+    assert ((cov_untempered / 4 - cov).abs() / torch.outer(sd, sd)).max() > 0.3
     prior = priors.normal(sigma_prior)
     make, steps = LINREG_SAMPLERS[name]
-    steps *= more_steps
     kw = {"prior_sigma": sigma_prior} if name == "sghmc_sa" else {}
     method = make(model, lik, prior, 32, lr_scale, likelihood_temperature=t_lik, **kw)
-    p0 = model.init(fr.key(1))
-    params = {"w": mean[:2].float() + 1.5 * sd[:2].float() * p0["w"],
-              "b": mean[2].float() + 1.5 * sd[2].float() * p0["b"]}
-    state = method.init(fr.key(0), params)
-    if name == "psgld":
-        state = _warm_preconditioner(state, model, lik, prior, 32 / t_lik, data)
-    res = fbnn.fit(method, state, data, fr.key(7), epochs=steps // 4, batch_size=8, progress=False,
-                   collector=fbnn.Collector(burn_in=steps // 2, every="step"))
-    s = res.samples.params
-    draws = torch.cat([s["w"], s["b"].unsqueeze(-1)], -1).reshape(-1, 3)
-    _assert_moments(draws, mean, cov)
+    draws = _linreg_draws(name, method, model, lik, prior, data, mean, cov, steps * more_steps, 32 / t_lik)
+    _assert_moments(draws.reshape(-1, 3), mean, cov)
 
 
 # --- the seed's update rules --------------------------------------------------------------
