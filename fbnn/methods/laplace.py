@@ -123,7 +123,7 @@ class Laplace(NamedTuple):
     model: Any
     keyed: bool
     name: str
-    streams: int
+    streams: Optional[int]
     subsets: Optional[Callable]
     decompose: Callable
     glm_predictive: Callable
@@ -851,7 +851,7 @@ def laplace(model, likelihood, *, structure: str = "kfac", curvature: str = "ggn
                 for g, t in terms.items()}
 
     name = f"{structure}_laplace"
-    return Laplace(init, step, sample, check, model, False, name, 1, None, decompose, glm_predictive, glm_probs,
+    return Laplace(init, step, sample, check, model, False, name, None, None, decompose, glm_predictive, glm_probs,
                    log_marginal_likelihood, optimize_prior_precision, groups, config)
 
 
