@@ -464,3 +464,31 @@ def test_mnist_rows_refuse_validation_runs_in_the_test_table(tmp_path):
         mnist.main(["map", "--quick", "--row-name", "map_val", "--results-dir", str(tmp_path),
                     "--runs-dir", str(tmp_path), "--", "--val", "100"])
     assert not (tmp_path / "mnist.json").exists()
+
+
+def test_prior_scales_reads_each_tensors_precision_and_weight_scale(tmp_path, capsys):
+    """sghmc_sa's rows hold its Gibbs-drawn precisions; sgld's the fixed 1 / sigma^2; the RMS and
+    the implied n / sum(theta^2) are those of the checkpoint's weights; a MAP run is refused."""
+    from experiments import prior_scales
+    from fbnn import cli, tree
+    from fbnn.fit import load_checkpoint
+    common = ["--dataset", "toy-hetero", "--hidden", "16", "--lr", "1e-4", "--epochs", "2", "--batch-size", "50",
+              "--collect-from", "1", "--thin", "1", "--keep", "1", "--adapt-epochs", "1", "--no-progress"]
+    for method in ("sghmc_sa", "sgld"):
+        assert cli.main(["train", "--method", method, "--resample-prior-every", "1", "--prior-sigma", "0.5",
+                         "--out", str(tmp_path / method), *common]) == 0
+    sa = load_checkpoint(tmp_path / "sghmc_sa" / "checkpoint.pt")
+    rows = prior_scales.prior_scales(sa["state"], sa["meta"]["config"])
+    named = tree.named_leaves(sa["state"].params)
+    assert [r["name"] for r in rows] == [n for n, _ in named] and len(rows) == 4
+    for r, (_, theta), lam in zip(rows, named, tree.leaves(sa["state"].precision)):
+        assert r["precision"] == float(lam) != 4.0  # redrawn every step, no longer 1 / 0.5^2
+        assert r["n"] == theta.numel() and math.isclose(r["rms"], float(theta.double().pow(2).mean().sqrt()))
+        assert math.isclose(r["implied_over_precision"], theta.numel() / float(theta.double().pow(2).sum()) / r["precision"])
+    sg = load_checkpoint(tmp_path / "sgld" / "checkpoint.pt")
+    assert {r["precision"] for r in prior_scales.prior_scales(sg["state"], sg["meta"]["config"])} == {4.0}
+    assert prior_scales.main([str(tmp_path / "sghmc_sa"), "--json", str(tmp_path / "scales.json")]) == 0
+    assert "| tensor | n | precision λ |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "scales.json").read_text())["tensors"] == json.loads(json.dumps(rows))
+    with pytest.raises(ValueError, match="not an SG-MCMC run"):
+        prior_scales.prior_scales(sg["state"], {**sg["meta"]["config"], "method": "map"})
