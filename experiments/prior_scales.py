@@ -1,18 +1,20 @@
 """The prior scales an SG-MCMC run of ``fbnn train`` ended with, read from its checkpoint.
 
-    python -m experiments.prior_scales runs/mnist/sghmc_sa_lik_T0.1_120ep [--json PATH]
+    python -m experiments.prior_scales RUN [RUN ...] [--report results/prior_scales]
 
 Per parameter tensor: its size n, the prior precision lambda the sampler holds (sghmc_sa's
 Gibbs-resampled one; 1 / prior_sigma^2 for sgld, psgld and sghmc), the prior sigma, the RMS
 of the weights, and the precision the weights imply, n / sum(theta^2) (the mode of the
 Gibbs conditional for n >> alpha0, beta0). Implied / lambda near 1 means the hierarchical
 prior sits at a fixed point; far above 1 after a Gibbs draw is the runaway of a cold
-sghmc_sa (its docstring): the next draw moves lambda there. Prints a markdown table;
-writes JSON (atomically) only with ``--json``.
+sghmc_sa (its docstring): the next draw moves lambda there. Prints a markdown table per
+run; ``--report P`` also writes ``P.json`` and ``P.md`` (atomically) with the command and commit.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -44,10 +46,15 @@ def prior_scales(state, config: dict) -> list[dict]:
     return rows
 
 
-def markdown(run: str, epoch: int, rows: list[dict]) -> str:
-    lines = [f"Prior scales of `{run}` after {epoch} epochs", "",
-             "| tensor | n | precision λ | prior σ | RMS θ | implied n / Σθ² | implied / λ |",
-             "|---|---|---|---|---|---|---|"]
+def markdown(run: str, epochs: int, config: dict, rows: list[dict], metrics: dict | None = None) -> str:
+    """One run's table; ``metrics``: its ``metrics.json``, if it has one, for the test figures."""
+    tempering = ", ".join(f"{k} {config[k]}" for k in ("temperature", "likelihood_temperature") if k in config)
+    lines = [f"### `{run}` after {epochs} epochs ({config['method']}{', ' + tempering if tempering else ''})", ""]
+    if metrics is not None and "error_pct" in metrics:
+        lines += [f"Test: {metrics['error_pct']:.2f} % error, log like {metrics['test_loglik_sum']:.2f} over "
+                  f"{metrics['n_samples']} samples; trained by `{metrics['command']}` at {metrics['commit']}.", ""]
+    lines += ["| tensor | n | precision λ | prior σ | RMS θ | implied n / Σθ² | implied / λ |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['n']} | {r['precision']:.4g} | {r['prior_sigma']:.4g} | {r['rms']:.4g} "
               f"| {r['implied_precision']:.4g} | {r['implied_over_precision']:.3g} |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -55,14 +62,25 @@ def markdown(run: str, epoch: int, rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="an fbnn train output directory (holds checkpoint.pt)")
-    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("runs", nargs="+", help="fbnn train output directories (each holds checkpoint.pt)")
+    p.add_argument("--report", default=None, help="also write REPORT.json and REPORT.md")
     args = p.parse_args(argv)
-    ckpt = load_checkpoint(Path(args.run) / "checkpoint.pt")
-    rows = prior_scales(ckpt["state"], ckpt["meta"]["config"])
-    print(markdown(args.run, ckpt["epoch"], rows), end="")
-    if args.json:
-        cli.write_json_atomic(args.json, {"run": args.run, "epoch": ckpt["epoch"], "tensors": rows})
+    report, tables = {}, []
+    for run in args.runs:
+        ckpt = load_checkpoint(Path(run) / "checkpoint.pt")
+        config = ckpt["meta"]["config"]
+        rows = prior_scales(ckpt["state"], config)
+        metrics_file = Path(run) / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        report[run] = {"epochs": ckpt["epoch"], "config": config, "tensors": rows, "metrics": metrics}
+        tables.append(markdown(run, ckpt["epoch"], config, rows, metrics))
+    print("\n".join(tables), end="")
+    if args.report:
+        command = "python -m experiments.prior_scales " + " ".join(sys.argv[1:] if argv is None else argv)
+        head = (f"# Prior scales of SG-MCMC runs\n\nCommand: `{command}` (commit {cli.git_commit()}). "
+                "implied = n / Σθ², the Gibbs mode for n ≫ α0, β0; implied / λ ≫ 1 after a draw: λ still climbing.\n\n")
+        cli.write_json_atomic(f"{args.report}.json", {"command": command, "commit": cli.git_commit(), "runs": report})
+        cli.write_text_atomic(f"{args.report}.md", head + "\n".join(tables))
     return 0
 
 

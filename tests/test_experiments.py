@@ -487,8 +487,11 @@ def test_prior_scales_reads_each_tensors_precision_and_weight_scale(tmp_path, ca
         assert math.isclose(r["implied_over_precision"], theta.numel() / float(theta.double().pow(2).sum()) / r["precision"])
     sg = load_checkpoint(tmp_path / "sgld" / "checkpoint.pt")
     assert {r["precision"] for r in prior_scales.prior_scales(sg["state"], sg["meta"]["config"])} == {4.0}
-    assert prior_scales.main([str(tmp_path / "sghmc_sa"), "--json", str(tmp_path / "scales.json")]) == 0
-    assert "| tensor | n | precision λ |" in capsys.readouterr().out
-    assert json.loads((tmp_path / "scales.json").read_text())["tensors"] == json.loads(json.dumps(rows))
+    report = tmp_path / "scales"
+    assert prior_scales.main([str(tmp_path / "sghmc_sa"), str(tmp_path / "sgld"), "--report", str(report)]) == 0
+    assert capsys.readouterr().out.count("| tensor | n | precision λ |") == 2
+    saved = json.loads(report.with_suffix(".json").read_text())
+    assert saved["runs"][str(tmp_path / "sghmc_sa")]["tensors"] == json.loads(json.dumps(rows))
+    assert "(sgld)" in report.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="not an SG-MCMC run"):
         prior_scales.prior_scales(sg["state"], {**sg["meta"]["config"], "method": "map"})
