@@ -403,7 +403,9 @@ def sghmc_sa(model, likelihood, n_data: int, lr=1e-2, *, burn_in: int, friction:
     or temper the likelihood alone: ``likelihood_temperature`` T_lik puts N / T_lik in front
     of the mean NLL and leaves the prior, the Gibbs step and the noise at T (the target is
     p(D | theta)^(1/T_lik) p(theta | lambda) p(lambda) at T = 1), so free weights keep
-    variance 1 / lambda and the Gibbs draws stay put.
+    variance 1 / lambda and the Gibbs draws stay put (MNIST rows ``sghmc_sa_lik_T0.1_120ep*``;
+    ``experiments.prior_scales`` reads lambda and n / sum(theta^2) off a checkpoint, and
+    ``results/prior_scales.md`` has both cases).
 
     ``adaptation``: ``"seed"`` (default) is step 3 as written, the seed's order (SPEC 3.9).
     From tau = g_avg = V_hat = 1 it gives r = 1 - O(1e-6), and tau stays near 1 for as
