@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     if args.report:
         command = "python -m experiments.prior_scales " + " ".join(sys.argv[1:] if argv is None else argv)
         head = (f"# Prior scales of SG-MCMC runs\n\nCommand: `{command}` (commit {cli.git_commit()}). "
-                "implied = n / Σθ², the Gibbs mode for n ≫ α0, β0; implied / λ ≫ 1 after a draw: λ still climbing.\n\n")
+                "implied = n / Σθ², the Gibbs mode for n ≫ α0, β0; implied / λ ≫ 1 after a draw: "
+                "λ still climbing.\n\n")
         cli.write_json_atomic(f"{args.report}.json", {"command": command, "commit": cli.git_commit(), "runs": report})
         cli.write_text_atomic(f"{args.report}.md", head + "\n".join(tables))
     return 0

@@ -484,7 +484,8 @@ def test_prior_scales_reads_each_tensors_precision_and_weight_scale(tmp_path, ca
     for r, (_, theta), lam in zip(rows, named, tree.leaves(sa["state"].precision)):
         assert r["precision"] == float(lam) != 4.0  # redrawn every step, no longer 1 / 0.5^2
         assert r["n"] == theta.numel() and math.isclose(r["rms"], float(theta.double().pow(2).mean().sqrt()))
-        assert math.isclose(r["implied_over_precision"], theta.numel() / float(theta.double().pow(2).sum()) / r["precision"])
+        implied = theta.numel() / float(theta.double().pow(2).sum())
+        assert math.isclose(r["implied_over_precision"], implied / r["precision"])
     sg = load_checkpoint(tmp_path / "sgld" / "checkpoint.pt")
     assert {r["precision"] for r in prior_scales.prior_scales(sg["state"], sg["meta"]["config"])} == {4.0}
     report = tmp_path / "scales"
