@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -40,9 +41,10 @@ def prior_scales(state, config: dict) -> list[dict]:
     for (name, theta), lam in zip(named, lams):
         sq = float(theta.detach().to(torch.float64).pow(2).sum())
         n = theta.numel()
-        implied = n / sq if sq > 0 else float("inf")
-        rows.append({"name": name, "n": n, "precision": lam, "prior_sigma": lam ** -0.5 if lam > 0 else float("inf"),
-                     "rms": (sq / n) ** 0.5, "implied_precision": implied, "implied_over_precision": implied / lam})
+        implied = n / sq if sq > 0 else math.inf
+        rows.append({"name": name, "n": n, "precision": lam, "prior_sigma": lam ** -0.5 if lam > 0 else math.inf,
+                     "rms": (sq / n) ** 0.5, "implied_precision": implied,
+                     "implied_over_precision": implied / lam if lam > 0 else math.inf})  # lam 0: a flat prior
     return rows
 
 
