@@ -20,25 +20,23 @@ from pathlib import Path
 
 import torch
 
-from fbnn import cli, tree
+from fbnn import cli, priors, tree
 from fbnn.fit import load_checkpoint
-
-SAMPLERS = ("sgld", "psgld", "sghmc", "sghmc_sa")
 
 
 def prior_scales(state, config: dict) -> list[dict]:
     """One row per parameter tensor of ``state.params``: ``name, n, precision, prior_sigma,
     rms, implied_precision, implied_over_precision``. ``config`` is the run's config."""
-    if config.get("method") not in SAMPLERS:
+    if config.get("method") not in cli.SAMPLERS:
         raise ValueError(f"prior_scales: method {config.get('method')!r} is not an SG-MCMC run; "
-                         f"choose a run of one of {SAMPLERS}")
-    named = tree.named_leaves(state.params)
+                         f"choose a run of one of {cli.SAMPLERS}")
+    thetas = tree.leaves(state.params)
     if hasattr(state, "precision"):
         lams = [float(v) for v in tree.leaves(state.precision)]
     else:
-        lams = [1.0 / config["prior_sigma"] ** 2] * len(named)
+        lams = [1.0 / config["prior_sigma"] ** 2] * len(thetas)
     rows = []
-    for (name, theta), lam in zip(named, lams):
+    for name, theta, lam in zip(priors.leaf_names(state.params), thetas, lams):
         sq = float(theta.detach().to(torch.float64).pow(2).sum())
         n = theta.numel()
         implied = n / sq if sq > 0 else math.inf
@@ -79,10 +77,11 @@ def main(argv=None) -> int:
     print("\n".join(tables), end="")
     if args.report:
         command = "python -m experiments.prior_scales " + " ".join(sys.argv[1:] if argv is None else argv)
-        head = (f"# Prior scales of SG-MCMC runs\n\nCommand: `{command}` (commit {cli.git_commit()}). "
+        commit = cli.git_commit()
+        head = (f"# Prior scales of SG-MCMC runs\n\nCommand: `{command}` (commit {commit}). "
                 "implied = n / Σθ², the Gibbs mode for n ≫ α0, β0; implied / λ ≫ 1 after a draw: "
                 "λ still climbing.\n\n")
-        cli.write_json_atomic(f"{args.report}.json", {"command": command, "commit": cli.git_commit(), "runs": report})
+        cli.write_json_atomic(f"{args.report}.json", {"command": command, "commit": commit, "runs": report})
         cli.write_text_atomic(f"{args.report}.md", head + "\n".join(tables))
     return 0
 

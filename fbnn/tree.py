@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 from . import random as fr
 
 __all__ = [
-    "map", "leaves", "named_leaves", "flatten", "unflatten", "structure", "ravel", "unravel_fn",
+    "map", "leaves", "flatten", "unflatten", "structure", "ravel", "unravel_fn",
     "dot", "sq_norm", "norm", "size", "stack", "unstack", "index", "zeros_like",
     "ones_like", "full_like", "normal_like", "add", "sub", "scale", "axpy", "allclose",
     "equal", "astype", "clone",
@@ -34,20 +34,6 @@ def unflatten(leaves_, spec) -> PyTree:
 
 def leaves(tree: PyTree) -> list:
     return pytree.tree_leaves(tree)
-
-
-def named_leaves(tree: PyTree) -> list:
-    """``[(name, leaf)]`` in ``leaves`` order; a name joins the dict keys, sequence indices
-    and NamedTuple fields on the leaf's path with ``/`` (``"fc0.weight"``, ``"0/mu"``)."""
-    flat, _ = pytree.tree_flatten_with_path(tree)
-    return [("/".join(str(_path_part(k)) for k in path), leaf) for path, leaf in flat]
-
-
-def _path_part(key):
-    for attr in ("key", "idx", "name"):  # MappingKey, SequenceKey, GetAttrKey
-        if hasattr(key, attr):
-            return getattr(key, attr)
-    return key
 
 
 def structure(tree: PyTree):

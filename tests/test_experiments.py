@@ -470,7 +470,7 @@ def test_prior_scales_reads_each_tensors_precision_and_weight_scale(tmp_path, ca
     """sghmc_sa's rows hold its Gibbs-drawn precisions; sgld's the fixed 1 / sigma^2; the RMS and
     the implied n / sum(theta^2) are those of the checkpoint's weights; a MAP run is refused."""
     from experiments import prior_scales
-    from fbnn import cli, tree
+    from fbnn import cli, priors, tree
     from fbnn.fit import load_checkpoint
     common = ["--dataset", "toy-hetero", "--hidden", "16", "--lr", "1e-4", "--epochs", "2", "--batch-size", "50",
               "--collect-from", "1", "--thin", "1", "--keep", "1", "--adapt-epochs", "1", "--no-progress"]
@@ -479,7 +479,7 @@ def test_prior_scales_reads_each_tensors_precision_and_weight_scale(tmp_path, ca
                          "--out", str(tmp_path / method), *common]) == 0
     sa = load_checkpoint(tmp_path / "sghmc_sa" / "checkpoint.pt")
     rows = prior_scales.prior_scales(sa["state"], sa["meta"]["config"])
-    named = tree.named_leaves(sa["state"].params)
+    named = list(zip(priors.leaf_names(sa["state"].params), tree.leaves(sa["state"].params)))
     assert [r["name"] for r in rows] == [n for n, _ in named] and len(rows) == 4
     for r, (_, theta), lam in zip(rows, named, tree.leaves(sa["state"].precision)):
         assert r["precision"] == float(lam) != 4.0  # redrawn every step, no longer 1 / 0.5^2

@@ -345,12 +345,3 @@ def test_ravel_unravel_identity_property(t):
     v = torch.arange(vec.numel(), dtype=vec.dtype)
     assert torch.equal(tree.ravel(unravel(v))[0], v)
 
-
-def test_named_leaves_name_each_leaf_by_its_path_in_leaves_order():
-    class Pair(NamedTuple):
-        mu: torch.Tensor
-        rho: torch.Tensor
-    t = {"fc0.weight": torch.zeros(2), "b": [torch.ones(1), Pair(torch.ones(3), torch.zeros(1))]}
-    named = tree.named_leaves(t)
-    assert [n for n, _ in named] == ["fc0.weight", "b/0", "b/1/mu", "b/1/rho"]  # dict insertion order
-    assert all(a is b for (_, a), b in zip(named, tree.leaves(t)))
